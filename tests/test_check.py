@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+
+from cascade.check import main
+
+
+def test_good_dataset_prints_one_row_per_case_and_exits_0(write_case, tmp_path, capsys):
+    labelled = write_case(root=tmp_path / "data", case_id="BraTS20_Training_001")
+    values, counts = np.unique(nib.load(labelled["label"]).get_fdata(), return_counts=True)
+    write_case(root=tmp_path / "data", case_id="BraTS20_Training_002", labelled=False)
+
+    code = main([str(tmp_path / "data")])
+
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    header, first, second = lines[:3]
+    assert header.split()[:2] == ["case", "shape"]
+    assert first.split()[:4] == ["BraTS20_Training_001", "24x24x16", "1x1x1", "yes"]
+    assert first.split()[4:] == [
+        f"{value:g}:{count}" for value, count in zip(values, counts, strict=True)
+    ]
+    assert second.split()[:5] == ["BraTS20_Training_002", "24x24x16", "1x1x1", "no", "-"]
+    # Columns line up: each row starts its shape where the header does.
+    assert first.index("24x24x16") == header.index("shape") == second.index("24x24x16")
+    assert not any(line.startswith("ERROR") for line in lines)
+
+
+def test_mixed_dataset_reports_every_bad_case_and_exits_1(write_case, tmp_path, capsys):
+    root = tmp_path / "data"
+    write_case(root=root, case_id="Case_001")
+    missing = write_case(root=root, case_id="Case_002")
+    missing["t1ce"].unlink()
+    empty = write_case(root=root, case_id="Case_003")
+    nib.save(nib.Nifti1Image(np.zeros((24, 24, 16), np.int16), np.eye(4)), empty["t2"])
+    write_case(root=root, case_id="Case_004")
+    truncated = write_case(root=root, case_id="Case_005")
+    truncated["flair"].write_bytes(truncated["flair"].read_bytes()[:200])
+
+    code = main([str(root)])
+
+    output = capsys.readouterr().out
+    errors = [line for line in output.splitlines() if line.startswith("ERROR ")]
+    assert code == 1
+    assert "Traceback" not in output
+    assert len(errors) == 3
+    assert f"ERROR {missing['t1ce']}: missing t1ce image" in errors[0]
+    assert errors[1].startswith(f"ERROR {empty['t2']}: ")
+    assert errors[2].startswith(f"ERROR {truncated['flair']}: ")
+    rows = [line.split()[0] for line in output.splitlines()[1:] if line.startswith("Case_")]
+    assert rows == ["Case_001", "Case_004"]
+
+
+def test_several_paths_and_no_cases(write_case, tmp_path, capsys):
+    first = write_case(root=tmp_path / "a")["t1"].parent
+    second = write_case(root=tmp_path / "b", naming="brats2023")["t1"].parent
+    assert main([str(first), str(second)]) == 0
+    assert "BraTS-GLI-00001-000" in capsys.readouterr().out
+
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 1
+    assert "no BraTS cases found" in capsys.readouterr().out
+
+
+def test_module_entry_point(write_case, tmp_path):
+    paths = write_case(case_id="Case_001")
+    paths["label"].write_text("not an image")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "cascade.check", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 1
+    assert f"ERROR {paths['label']}: not a gzip file" in result.stdout
+    assert result.stderr == ""
