@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cascade.data import cache as cache_module
+from cascade.data.cache import PreprocessCache, preprocess_case, settings_hash
+from cascade.data.cases import discover_cases
+from cascade.data.labels import LabelConvention, to_classes
+from cascade.data.transforms import build_preprocessing, uncrop
+
+SETTINGS = {"margin": 0, "lower_percentile": 0.5, "upper_percentile": 99.5}
+SHAPE = (24, 24, 16)
+
+
+@pytest.fixture
+def dataset(tmp_path: Path, write_case) -> Path:
+    root = tmp_path / "data"
+    write_case(root, case_id="Case_001", seed=1)
+    write_case(root, case_id="Case_002", seed=2)
+    return root
+
+
+def test_build_stores_cropped_normalised_case(tmp_path: Path, dataset: Path) -> None:
+    cases = discover_cases(dataset)
+    store = PreprocessCache(tmp_path / "cache", SETTINGS)
+    store.build(cases, progress=False)
+
+    assert store.folder == tmp_path / "cache" / f"preprocessed-{settings_hash(SETTINGS)}"
+    assert len(store.folder.name) == len("preprocessed-") + 12
+    assert store.case_ids() == ["Case_001", "Case_002"]
+    image, label, meta = store.image("Case_001"), store.label("Case_001"), store.meta("Case_001")
+    assert isinstance(image, np.memmap) and isinstance(label, np.memmap)
+    assert image.dtype == np.float32 and image.flags.c_contiguous
+    assert label.dtype == np.uint8
+    assert image.shape == (4, *meta.cropped_shape) and label.shape == meta.cropped_shape
+    assert meta.cropped_shape != SHAPE  # the background was cropped away
+
+    # The label comes back exactly, in classes (BraTS 2020 enhancing 4 -> 3).
+    label_file = nib.load(cases[0].label)
+    original = to_classes(np.asarray(label_file.dataobj), LabelConvention.BRATS2020)
+    assert set(np.unique(label)) == {0, 1, 2, 3}
+    assert np.array_equal(uncrop(label, meta.crop_box, meta.original_shape), original)
+    # Geometry and header of the original files, to write predictions back.
+    assert meta.original_shape == SHAPE
+    assert np.allclose(meta.affine, label_file.affine)
+    assert meta.spacing == (1.0, 1.0, 1.0)
+    assert meta.convention is LabelConvention.BRATS2020
+    assert meta.header_source == "label"
+    assert meta.header == label_file.header.binaryblock
+    assert meta.nifti_header().get_data_shape() == SHAPE
+
+
+def test_preprocess_case_without_label(write_case, tmp_path: Path) -> None:
+    write_case(tmp_path / "new", case_id="Patient", labelled=False)
+    (case,) = discover_cases(tmp_path / "new")
+    image, label, meta = preprocess_case(case, build_preprocessing(**SETTINGS))
+    assert label is None and meta.header_source == "t1"
+    assert image.dtype == np.float32 and image.shape[0] == 4
+    t1 = np.asarray(nib.load(case.images["t1"]).dataobj)
+    restored = uncrop(image[0], meta.crop_box, meta.original_shape)
+    assert np.all(restored[t1 == 0] == 0)  # background stays exactly 0
+
+    store = PreprocessCache(tmp_path / "cache", SETTINGS)
+    store.build([case], progress=False)
+    assert store.label("Patient") is None
+
+
+def test_second_build_reuses_cases(tmp_path: Path, dataset: Path, monkeypatch) -> None:
+    cases = discover_cases(dataset)
+    store = PreprocessCache(tmp_path / "cache", SETTINGS)
+    store.build(cases, progress=False)
+    image_file = store.folder / "cases" / "Case_001" / "image.npy"
+    modified = image_file.stat().st_mtime_ns
+
+    calls = []
+    original = cache_module.preprocess_case
+    monkeypatch.setattr(
+        cache_module, "preprocess_case", lambda *args: calls.append(args) or original(*args)
+    )
+    PreprocessCache(tmp_path / "cache", dict(reversed(SETTINGS.items()))).build(cases)
+    assert calls == []
+    assert image_file.stat().st_mtime_ns == modified
+
+
+def test_other_settings_use_another_folder(tmp_path: Path, dataset: Path) -> None:
+    cases = discover_cases(dataset)[:1]
+    first = PreprocessCache(tmp_path / "cache", SETTINGS)
+    second = PreprocessCache(tmp_path / "cache", {**SETTINGS, "margin": 3})
+    assert first.folder != second.folder
+    first.build(cases, progress=False)
+    assert second.case_ids() == []
+    second.build(cases, progress=False)
+    assert second.image("Case_001").shape[1:] > first.image("Case_001").shape[1:]
+    assert json.loads((second.folder / "settings.json").read_text())["margin"] == 3
+
+
+def test_interrupted_write_is_rebuilt(tmp_path: Path, dataset: Path) -> None:
+    cases = discover_cases(dataset)
+    store = PreprocessCache(tmp_path / "cache", SETTINGS)
+    store.build(cases[:1], progress=False)
+    complete = store.folder / "cases" / "Case_001"
+    # A killed writer: a case folder without its completion marker and a stale temporary.
+    half_written = store.folder / "cases" / "Case_002"
+    shutil.copytree(complete, half_written)
+    (half_written / "complete").unlink()
+    (half_written / "image.npy").write_bytes(b"truncated")
+    stale = store.folder / "cases" / f".tmp-{socket.gethostname()}-999999999-0a1b2c3d-Case_002"
+    stale.mkdir()
+
+    assert store.case_ids() == ["Case_001"]
+    with pytest.raises(FileNotFoundError, match="Case_002"):
+        store.image("Case_002")
+
+    store.build(cases, progress=False)
+    assert store.case_ids() == ["Case_001", "Case_002"]
+    assert store.image("Case_002").dtype == np.float32
+    assert not stale.exists()
+    leftovers = [path.name for path in (store.folder / "cases").iterdir()]
+    assert sorted(leftovers) == ["Case_001", "Case_002"]
+
+
+def test_priors_round_trip_as_float16(tmp_path: Path, dataset: Path) -> None:
+    cases = discover_cases(dataset)[:1]
+    store = PreprocessCache(tmp_path / "cache", SETTINGS)
+    store.build(cases, progress=False)
+    shape = store.image("Case_001").shape[1:]
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(4), size=shape).transpose(3, 0, 1, 2)
+
+    assert not store.has_prior("Case_001", "abc123")
+    store.write_prior("Case_001", "abc123", probabilities)
+    assert store.has_prior("Case_001", "abc123")
+    assert not store.has_prior("Case_001", "other")
+    prior = store.prior("Case_001", "abc123")
+    assert isinstance(prior, np.memmap) and prior.dtype == np.float16
+    assert np.allclose(prior, probabilities, atol=1e-3)
+    assert os.listdir(store.folder / "priors" / "abc123") == ["Case_001.npy"]
+
+    with pytest.raises(ValueError, match="spatial shape"):
+        store.write_prior("Case_001", "abc123", probabilities[:, :-1])
+    with pytest.raises(ValueError, match="file name"):
+        store.write_prior("Case_001", "../escape", probabilities)
