@@ -1,0 +1,126 @@
+"""Stage-1 prior of a whole volume: 2.5D slab predictions along each view, softmax averaged."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from cascade.data.stage1 import slab_channels, view_axis
+
+
+class PriorStore(Protocol):
+    def image(self, case_id: str) -> np.ndarray: ...  # float32 (4, X, Y, Z)
+    def has_prior(self, case_id: str, tag: str) -> bool: ...
+    def write_prior(self, case_id: str, tag: str, prior: np.ndarray) -> None: ...
+
+
+def _pad_plane(
+    volume: Tensor, plane_size: Sequence[int] | None
+) -> tuple[Tensor, tuple[slice, ...]]:
+    """Zero-pad (C, H, W, S) in-plane to at least plane_size, centred; returns the crop back."""
+    if plane_size is None:
+        return volume, (slice(None),) * 4
+    sizes = zip(volume.shape[1:3], plane_size, strict=True)
+    extra = [max(int(target) - size, 0) for size, target in sizes]
+    before = [amount // 2 for amount in extra]
+    padded = F.pad(volume, (0, 0, before[1], extra[1] - before[1], before[0], extra[0] - before[0]))
+    crop = tuple(slice(b, b + size) for b, size in zip(before, volume.shape[1:3], strict=True))
+    return padded, (slice(None), *crop, slice(None))
+
+
+def predict_view(
+    net: nn.Module,
+    image: Tensor,
+    slab_depth: int,
+    view: str,
+    batch_size: int,
+    fp16: bool,
+    plane_size: Sequence[int] | None = None,
+) -> Tensor:
+    """Softmax of the net for every slice along `view`: image (4, X, Y, Z) -> (K, X, Y, Z)."""
+    axis = view_axis(view)
+    volume = image.movedim(1 + axis, -1)  # (4, H, W, S), slice axis last as in training
+    volume, crop = _pad_plane(volume, plane_size)
+    half = slab_depth // 2
+    # zero slices past both ends (background after the z-score), then every k-window is a slab
+    slabs = F.pad(volume, (half, half)).unfold(-1, slab_depth, 1)  # (4, H, W, S, k), a view
+    slice_count = volume.shape[-1]
+    autocast = fp16 and image.device.type == "cuda"
+    probabilities = None
+    for start in range(0, slice_count, batch_size):
+        stop = min(start + batch_size, slice_count)
+        batch = slab_channels(slabs[:, :, :, start:stop].movedim(3, 0))  # (b, 4k, H, W)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+            logits = net(batch)
+        batch_probabilities = torch.softmax(logits.float(), dim=1)  # (b, K, H, W)
+        if probabilities is None:
+            probabilities = image.new_empty((logits.shape[1], *volume.shape[1:3], slice_count))
+        probabilities[..., start:stop] = batch_probabilities.movedim(0, -1)
+    return probabilities[crop].movedim(-1, 1 + axis)
+
+
+@torch.inference_mode()
+def predict_prior(
+    net: nn.Module,
+    image: Tensor | np.ndarray,
+    slab_depth: int,
+    views: Sequence[str],
+    batch_size: int,
+    device: torch.device | str,
+    fp16: bool,
+    plane_size: Sequence[int] | None = None,
+) -> Tensor:
+    """Mean over views of the slab-wise softmax: image (4, X, Y, Z) -> float32 (K, X, Y, Z).
+
+    Runs on `device` (the net must already be there); fp16 autocast only on CUDA. plane_size
+    optionally zero-pads each slice to the training slab size so normalisation sees the same
+    amount of background as in training.
+    """
+    if not views:
+        raise ValueError("predict_prior: no views given")
+    if isinstance(image, np.ndarray):
+        # copy: cache images are read-only memmaps, which torch cannot wrap safely
+        image = torch.from_numpy(np.array(image, dtype=np.float32))
+    image = image.to(device=device, dtype=torch.float32)
+    prior = None
+    for view in views:
+        view_probabilities = predict_view(
+            net, image, slab_depth, view, batch_size, fp16, plane_size
+        )
+        prior = view_probabilities if prior is None else prior.add_(view_probabilities)
+    return prior.div_(len(views))
+
+
+def write_priors(
+    net: nn.Module,
+    cache: PriorStore,
+    case_ids: Sequence[str],
+    tag: str,
+    slab_depth: int,
+    views: Sequence[str],
+    batch_size: int,
+    device: torch.device | str,
+    fp16: bool,
+    progress: bool = True,
+    plane_size: Sequence[int] | None = None,
+) -> None:
+    """Predict and store the prior (float16) of every case that has none under `tag` yet."""
+    todo = [case_id for case_id in case_ids if not cache.has_prior(case_id, tag)]
+    if not todo:
+        return
+    was_training = net.training
+    net.eval().to(device)
+    try:
+        for case_id in tqdm(todo, desc="stage-1 priors", disable=not progress):
+            prior = predict_prior(
+                net, cache.image(case_id), slab_depth, views, batch_size, device, fp16, plane_size
+            )
+            cache.write_prior(case_id, tag, prior.to(torch.float16).cpu().numpy())
+    finally:
+        net.train(was_training)

@@ -1,0 +1,74 @@
+"""Stage1Module: trains the 2.5D U-Net on slabs and reports per-region validation Dice."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.nn import Parameter
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from cascade.metrics import RegionDice
+
+
+class Stage1Module(L.LightningModule):
+    """Slabs (B, 4k, H, W) -> net logits -> softmax -> `loss` against the centre-slice labels.
+
+    optimizer: partial taking the parameters. scheduler: partial taking the optimizer and the
+    run's total optimizer steps (positionally, e.g. CosineAnnealingLR(optimizer, T_max)); it is
+    stepped every optimizer step. Batches: {"image": (B, 4k, H, W), "label": (B, H, W)}.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable[[Iterable[Parameter]], Optimizer],
+        scheduler: Callable[[Optimizer, int], LRScheduler] | None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "loss"], logger=False)
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.val_dice = RegionDice()
+
+    def forward(self, slabs: Tensor) -> Tensor:
+        """(B, 4k, H, W) -> logits (B, 4, H, W)."""
+        return self.net(slabs)
+
+    def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        probabilities = torch.softmax(self(batch["image"]).float(), dim=1)
+        return self.loss(probabilities, batch["label"]), probabilities
+
+    def training_step(self, batch: dict[str, Tensor], batch_index: int) -> Tensor:
+        loss, _ = self._step(batch)
+        self.log("stage1/train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_index: int) -> None:
+        loss, probabilities = self._step(batch)
+        self.val_dice.update(probabilities.argmax(dim=1), batch["label"])
+        self.log("stage1/val_loss", loss, on_epoch=True, sync_dist=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        # RegionDice reduces its states across processes itself
+        for region, dice in self.val_dice.compute().items():
+            self.log(f"stage1/val_dice_{region}", dice, prog_bar=region == "mean")
+        self.val_dice.reset()
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = self.scheduler_factory(optimizer, total_steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }

@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cascade.data.stage1 import Slab, SlabSampler, slab_channels
+from cascade.inference.multiview import predict_prior, predict_view, write_priors
+from cascade.nn.unet2d import UNet2d
+
+VIEWS = ["axial", "sagittal", "coronal"]
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return UNet2d(20, 4, filters=4, depth=3, norm="instance", activation="leaky_relu").eval()
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_prior_shape_and_normalised_for_every_view(view: str) -> None:
+    image = torch.randn(4, 11, 9, 7)
+    prior = predict_prior(_net(), image, 5, [view], batch_size=3, device="cpu", fp16=True)
+    assert prior.shape == (4, 11, 9, 7) and prior.dtype == torch.float32
+    torch.testing.assert_close(prior.sum(0), torch.ones(11, 9, 7))
+
+
+def test_three_view_prior_is_the_mean_of_the_views() -> None:
+    net, image = _net(), np.random.default_rng(0).normal(size=(4, 10, 8, 6)).astype(np.float32)
+    prior = predict_prior(net, image, 5, VIEWS, batch_size=4, device="cpu", fp16=False)
+    tensor = torch.from_numpy(image)
+    views = [predict_view(net, tensor, 5, view, 4, False) for view in VIEWS]
+    torch.testing.assert_close(prior, sum(views) / 3)
+    torch.testing.assert_close(prior.sum(0), torch.ones(10, 8, 6))
+
+
+class _Store:
+    def __init__(self, image: np.ndarray, label: np.ndarray) -> None:
+        self.volume, self.labels, self.priors = image, label, {}
+
+    def image(self, case_id):
+        return self.volume
+
+    def label(self, case_id):
+        return self.labels
+
+    def has_prior(self, case_id, tag):
+        return (case_id, tag) in self.priors
+
+    def write_prior(self, case_id, tag, prior):
+        self.priors[(case_id, tag)] = prior
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_inference_slabs_match_training_slabs(view: str) -> None:
+    """The net sees the same channel layout at inference as the data module gives in training."""
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(4, 9, 8, 7)).astype(np.float32)
+    store = _Store(image, np.zeros((9, 8, 7), np.uint8))
+    plane = {"axial": (9, 8), "coronal": (9, 7), "sagittal": (8, 7)}[view]
+    windows = tuple((0, size, 0) for size in plane)
+    sampler = SlabSampler(store, ["a"], 5, [view], plane, tumor_fraction=0.0)
+    training_slab = slab_channels(
+        torch.from_numpy(sampler.read(Slab("a", view, 1, windows, False))[0])
+    )
+
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, batch):
+            seen.append(batch.clone())
+            return torch.zeros(batch.shape[0], 4, *batch.shape[2:])
+
+    predict_view(Recorder(), torch.from_numpy(image), 5, view, batch_size=2, fp16=False)
+    torch.testing.assert_close(seen[0][1], training_slab)
+
+
+def test_write_priors_skips_existing_and_stores_float16() -> None:
+    image = np.random.default_rng(0).normal(size=(4, 8, 8, 6)).astype(np.float32)
+    store = _Store(image, None)
+    store.priors[("done", "t1")] = "untouched"
+    write_priors(_net(), store, ["new", "done"], "t1", 5, VIEWS, 4, "cpu", False, progress=False)
+    assert store.priors[("done", "t1")] == "untouched"
+    prior = store.priors[("new", "t1")]
+    assert prior.dtype == np.float16 and prior.shape == (4, 8, 8, 6)
+    np.testing.assert_allclose(prior.astype(np.float32).sum(0), 1.0, atol=3e-3)
+
+
+def test_plane_padding_keeps_shape() -> None:
+    prior = predict_prior(
+        _net(), torch.randn(4, 9, 7, 5), 5, VIEWS[:1], 4, "cpu", False, plane_size=(16, 16)
+    )
+    assert prior.shape == (4, 9, 7, 5)

@@ -1,0 +1,95 @@
+from functools import partial
+
+import lightning as L
+import numpy as np
+import torch
+
+from cascade.data.stage1 import Stage1DataModule
+from cascade.lit.stage1 import Stage1Module
+from cascade.nn.losses import DiceCELoss
+from cascade.nn.unet2d import UNet2d
+
+SHAPE = (16, 16, 12)
+
+
+class TinyStore:
+    """Noisy volumes where a bright ball is tumor: edema shell, enhancing core."""
+
+    def __init__(self, count: int) -> None:
+        self.images, self.labels = {}, {}
+        grid = np.stack(np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij"), -1)
+        for index in range(count):
+            rng = np.random.default_rng(index)
+            centre = rng.uniform(4, 8, size=3) + [2, 2, 0]
+            distance = np.linalg.norm(grid - centre, axis=-1)
+            label = np.where(distance < 3.5, 2, 0).astype(np.uint8)
+            label[distance < 2] = 3
+            image = rng.normal(0, 0.3, size=(4, *SHAPE)).astype(np.float32)
+            image += (label > 0) * 1.5 + (label == 3) * np.array([0, 2, 0, 0])[:, None, None, None]
+            self.images[f"c{index}"], self.labels[f"c{index}"] = image.astype(np.float32), label
+
+    def image(self, case_id):
+        return self.images[case_id]
+
+    def label(self, case_id):
+        return self.labels[case_id]
+
+
+def _mean_val_loss(module: Stage1Module, loader) -> float:
+    module.eval()
+    with torch.no_grad():
+        losses = [module._step(batch)[0].item() for batch in loader]
+    module.train()
+    return float(np.mean(losses))
+
+
+def test_a_few_steps_lower_the_loss() -> None:
+    L.seed_everything(0, verbose=False)
+    data = Stage1DataModule(
+        store=TinyStore(4),
+        train_ids=["c0", "c1", "c2"],
+        val_ids=["c3"],
+        slab_depth=3,
+        views=["axial", "sagittal", "coronal"],
+        slab_size=[16, 16],
+        tumor_fraction=0.7,
+        train_slabs_per_epoch=40,
+        val_slabs=8,
+        batch_size=4,
+        num_workers=0,
+        flip_probability=0.5,
+        intensity_probability=0.0,
+        log_gamma=0.0,
+        bias_field_coefficient=0.0,
+        val_seed=0,
+    )
+    module = Stage1Module(
+        net=UNet2d(12, 4, filters=8, depth=3, norm="instance", activation="leaky_relu"),
+        loss=DiceCELoss([1.0, 1.0, 1.0, 2.5]),
+        optimizer=partial(torch.optim.AdamW, lr=1e-2, weight_decay=1e-4),
+        scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR),
+    )
+    data.setup("fit")
+    before = _mean_val_loss(module, data.val_dataloader())
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=20,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=data)
+    after = _mean_val_loss(module, data.val_dataloader())
+    assert after < 0.8 * before
+    metrics = trainer.callback_metrics
+    for name in [
+        "train_loss_epoch",
+        "val_loss",
+        *(f"val_dice_{r}" for r in ["wt", "tc", "et", "mean"]),
+    ]:
+        assert f"stage1/{name}" in metrics
+    assert 0.0 <= metrics["stage1/val_dice_mean"].item() <= 1.0
+    # the cosine schedule spans exactly the run
+    assert trainer.lr_scheduler_configs[0].scheduler.T_max == 20
