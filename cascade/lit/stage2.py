@@ -1,0 +1,124 @@
+"""Stage2Module: 3D Attention U-Net on image + Stage-1 prior, blended with the prior by alpha."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import MeanMetric
+
+from cascade.data.labels import NUM_CLASSES
+from cascade.inference.sliding import sliding_window_predict
+from cascade.metrics import RegionDice
+from cascade.nn.residual_mix import LearnableResidualMix
+
+
+class Stage2Module(L.LightningModule):
+    """Trains `net` (image + prior channels -> logits) and `mix` on patches; validates whole cases.
+
+    The loss is taken on the mixed probabilities mix(softmax(net(cat(image, prior))), prior).
+    p1 is the prior the network saw, perturbed in training: the clean cached priors of training
+    cases are better than inference-time priors (Stage 1 saw those labels), and alpha should learn
+    how far to trust an imperfect prior. The Stage-1 network is not part of this module.
+    `alpha_lr` gives alpha its own learning rate (None: the optimizer's); alpha never gets weight
+    decay, which would pull it towards 0.5. optimizer/scheduler: as in Stage1Module (the
+    scheduler partial takes the optimizer and the run's total steps; stepped every step).
+    Batches: {"image", "prior", "label"} as produced by Stage2DataModule. `patch_size`,
+    `overlap` and `window_batch_size` set the whole-volume sliding window of validation;
+    `channels_last` runs the net in channels_last_3d memory format.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        mix: LearnableResidualMix,
+        loss: nn.Module,
+        optimizer: Callable[[Iterable[Any]], Optimizer],
+        scheduler: Callable[[Optimizer, int], LRScheduler] | None,
+        patch_size: Sequence[int],
+        overlap: float,
+        window_batch_size: int,
+        alpha_lr: float | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "mix", "loss"], logger=False)
+        self.net = net
+        self.mix = mix
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.patch_size = tuple(int(size) for size in patch_size)
+        self.overlap = overlap
+        self.window_batch_size = window_batch_size
+        self.alpha_lr = alpha_lr
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last_3d)
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.val_dice = RegionDice()
+
+    def forward(self, image: Tensor, prior: Tensor) -> Tensor:
+        """image (B, 4, X, Y, Z), prior (B, 4, X, Y, Z) probabilities -> mixed probabilities."""
+        inputs = torch.cat([image, prior.to(image.dtype)], dim=1)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
+        stage2_probabilities = torch.softmax(self.net(inputs).float(), dim=1)
+        return self.mix(stage2_probabilities, prior.float())
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        probabilities = self(batch["image"], batch["prior"])
+        loss = self.loss(probabilities, batch["label"])
+        batch_size = batch["image"].shape[0]
+        self.train_loss(loss.detach())
+        log_options = dict(on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log("stage2/train_loss", self.train_loss, **log_options)
+        # alpha is the same on every rank: no sync needed
+        self.log("stage2/alpha", self.mix.alpha.detach(), **log_options)
+        return loss
+
+    def _predict_patches(self, patches: Tensor) -> Tensor:
+        """(B, 8, *patch) = image + prior channels -> mixed probabilities (B, 4, *patch)."""
+        return self(patches[:, :-NUM_CLASSES], patches[:, -NUM_CLASSES:])
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        for image, prior, label in zip(batch["image"], batch["prior"], batch["label"], strict=True):
+            probabilities = sliding_window_predict(
+                self._predict_patches,
+                torch.cat([image, prior.to(image.dtype)], dim=0),
+                patch_size=self.patch_size,
+                overlap=self.overlap,
+                batch_size=self.window_batch_size,
+                num_outputs=NUM_CLASSES,
+            )
+            self.val_loss(self.loss(probabilities[None], label[None]))
+            self.val_dice.update(probabilities.argmax(0)[None], label[None])
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() sums the per-case Dice over all ranks
+        dice = self.val_dice.compute()
+        for region in ("wt", "tc", "et", "mean"):
+            self.log(f"stage2/val_dice_{region}", dice[region], prog_bar=region == "mean")
+        self.log("stage2/val_loss", self.val_loss.compute())
+        self.val_dice.reset()
+        self.val_loss.reset()
+
+    def configure_optimizers(self) -> Any:
+        alpha_group: dict[str, Any] = {"params": list(self.mix.parameters()), "weight_decay": 0.0}
+        if self.alpha_lr is not None:
+            alpha_group["lr"] = self.alpha_lr
+        optimizer = self.optimizer_factory([{"params": list(self.net.parameters())}, alpha_group])
+        if self.scheduler_factory is None:
+            return optimizer
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = self.scheduler_factory(optimizer, total_steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }

@@ -1,0 +1,177 @@
+"""Stage2DataModule: patches of image + prior + label from a tiny in-memory case store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cascade.data.prior_perturbation import PriorPerturbation
+from cascade.data.stage2 import CaseSubjects, QueueSampler, Stage2DataModule
+
+PATCH = (16, 16, 16)
+
+
+class MemoryStore:
+    """Case store in RAM with the PreprocessCache reading API; counts reads."""
+
+    def __init__(self, cases: int, shape=(32, 32, 32), seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.cases: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.reads = 0
+        grid = np.stack(np.meshgrid(*(np.arange(s) for s in shape), indexing="ij"))
+        for index in range(cases):
+            centre = np.asarray(shape) // 2 + rng.integers(-3, 4, size=3)
+            distance = np.sqrt(((grid - centre.reshape(3, 1, 1, 1)) ** 2).sum(0))
+            label = np.zeros(shape, dtype=np.uint8)
+            label[distance <= 6] = 2
+            label[distance <= 4] = 3
+            label[distance <= 2] = 1
+            image = rng.normal(0, 0.3, size=(4, *shape)).astype(np.float32)
+            image += np.asarray([0.5, 1.0, 1.5, 2.0], dtype=np.float32).reshape(4, 1, 1, 1) * (
+                label > 0
+            )
+            image[:, label == 3] += 1.0
+            # an imperfect prior: the true tumor shifted by two voxels, softened
+            shifted = np.roll(label, 2, axis=0)
+            prior = 0.7 * np.eye(4, dtype=np.float32)[shifted].transpose(3, 0, 1, 2) + 0.3 / 4
+            self.cases[f"case{index:02d}"] = (image, prior.astype(np.float16), label)
+
+    def case_ids(self) -> list[str]:
+        return list(self.cases)
+
+    def image(self, case_id: str) -> np.ndarray:
+        self.reads += 1
+        return self.cases[case_id][0]
+
+    def prior(self, case_id: str, tag: str) -> np.ndarray:
+        assert tag == "tag1"
+        return self.cases[case_id][1]
+
+    def label(self, case_id: str) -> np.ndarray:
+        return self.cases[case_id][2]
+
+
+def make_datamodule(store: MemoryStore, **overrides) -> Stage2DataModule:
+    ids = store.case_ids()
+    options = dict(
+        store=store,
+        train_ids=ids[:-1],
+        val_ids=ids[-1:],
+        prior_tag="tag1",
+        patch_size=PATCH,
+        label_probabilities={0: 0.5, 1: 0.5 / 3, 2: 0.5 / 3, 3: 0.5 / 3},
+        samples_per_volume=4,
+        queue_length=8,
+        batch_size=2,
+        num_workers=0,
+        flip_axes=(0, 1, 2),
+        intensity_scale=0.1,
+        intensity_shift=0.1,
+        perturbation=PriorPerturbation(
+            max_radius=2, drop_probability=0.1, blend=(0.5, 1.0), noise_std=0.2
+        ),
+        seed=0,
+    )
+    options.update(overrides)
+    return Stage2DataModule(**options)
+
+
+def test_patches_have_the_configured_size_and_channels() -> None:
+    torch.manual_seed(0)
+    store = MemoryStore(5)
+    loader = make_datamodule(store).train_dataloader()
+    assert len(loader) == 4 * 4 // 2  # 4 training cases x 4 patches / batch 2
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    for batch in batches:
+        assert batch["image"].shape == (2, 4, *PATCH)
+        assert batch["prior"].shape == (2, 4, *PATCH)
+        assert batch["label"].shape == (2, *PATCH)
+        assert batch["image"].dtype == batch["prior"].dtype == torch.float32
+        assert set(batch["label"].unique().tolist()) <= {0, 1, 2, 3}
+        assert (batch["prior"] >= 0).all()
+        # float16 cache: sums are 1 up to its rounding
+        torch.testing.assert_close(batch["prior"].sum(1), torch.ones(2, *PATCH), atol=1e-3, rtol=0)
+
+
+def test_subjects_are_read_lazily() -> None:
+    store = MemoryStore(4)
+    subjects = CaseSubjects(store, store.case_ids(), "tag1")
+    assert store.reads == 0 and subjects.dry_iter() == store.case_ids()
+    subject = subjects[1]
+    assert store.reads == 1
+    assert subject["image"].data.shape == (4, 32, 32, 32)
+    assert subject["prior"].data.dtype == torch.float32
+    assert subject["label"].data.shape == (1, 32, 32, 32)
+
+
+@pytest.mark.parametrize("tumor_probability", [0.0, 0.5, 1.0])
+def test_tumor_share_of_patch_centres_follows_label_probabilities(
+    tumor_probability: float,
+) -> None:
+    torch.manual_seed(0)
+    store = MemoryStore(5)
+    share = tumor_probability / 3
+    probabilities = {0: 1 - tumor_probability, 1: share, 2: share, 3: share}
+    datamodule = make_datamodule(
+        store,
+        label_probabilities=probabilities,
+        samples_per_volume=16,
+        queue_length=64,
+        batch_size=8,
+        flip_axes=(),  # keeps the centre voxel where the sampler put it
+    )
+    centres = torch.cat([b["label"][:, 8, 8, 8] for b in datamodule.train_dataloader()])
+    assert centres.numel() == 64
+    tumor_share = (centres > 0).float().mean().item()
+    assert tumor_share == pytest.approx(tumor_probability, abs=0.15)
+
+
+def test_label_probabilities_may_be_a_list_indexed_by_class() -> None:
+    datamodule = make_datamodule(MemoryStore(2), label_probabilities=[0.3, 0.2, 0.2, 0.3])
+    assert datamodule.label_probabilities == {0: 0.3, 1: 0.2, 2: 0.2, 3: 0.3}
+
+
+def test_shards_are_disjoint_per_rank_and_reshuffled_by_set_epoch() -> None:
+    store = MemoryStore(9)
+    datamodule = make_datamodule(store, perturbation=None)
+    shards = []
+    for rank in range(2):
+        datamodule._world = lambda rank=rank: (2, rank)  # as under a 2-process trainer
+        loader = datamodule.train_dataloader()
+        assert len(loader) == 4 * 4 // 2  # ceil(8 cases / 2 ranks) x 4 patches / batch 2
+        assert isinstance(loader.sampler, QueueSampler)
+        shards.append(list(datamodule.subject_sampler))
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(set(shards[0]) | set(shards[1])) == list(range(8))
+    first = list(datamodule.subject_sampler)
+    loader.sampler.set_epoch(3)  # what Lightning calls every epoch
+    assert datamodule.subject_sampler.epoch == 3
+    assert list(datamodule.subject_sampler) != first
+    # validation cases are split between ranks too
+    assert len(datamodule.val_dataloader()) == 0  # 1 val case: rank 1 gets none
+
+
+def test_validation_yields_one_whole_case_per_batch() -> None:
+    store = MemoryStore(4)
+    datamodule = make_datamodule(store, val_ids=store.case_ids()[2:])
+    batches = list(datamodule.val_dataloader())
+    assert len(batches) == 2
+    batch = batches[0]
+    assert batch["image"].shape == (1, 4, 32, 32, 32)
+    assert batch["prior"].shape == (1, 4, 32, 32, 32)
+    assert batch["label"].shape == (1, 32, 32, 32)
+    assert batch["case_id"] == ["case02"]
+    # validation priors are the clean cached ones
+    expected = torch.from_numpy(store.cases["case02"][1].astype(np.float32))
+    torch.testing.assert_close(batch["prior"][0], expected)
+
+
+def test_mismatched_prior_is_reported_with_the_case() -> None:
+    store = MemoryStore(2)
+    image, prior, label = store.cases["case00"]
+    store.cases["case00"] = (image, prior[:, :-1], label)
+    subjects = CaseSubjects(store, ["case00"], "tag1")
+    with pytest.raises(ValueError, match="case00"):
+        subjects[0]
