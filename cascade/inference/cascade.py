@@ -1,0 +1,251 @@
+"""End-to-end cascade inference: preprocess, Stage-1 prior, Stage 2 around the tumor, labels.
+
+Stage 2 runs only on windows that cover the dilated bounding box of the Stage-1 tumor (classes
+1..3); elsewhere the Stage-1 probabilities stand, and a case without Stage-1 tumor skips Stage 2.
+Each window's Stage-2 softmax (averaged over 8 mirrorings with `tta`) is mixed with that window's
+prior by the learned residual mix before the windows are blended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchio as tio
+from torch import Tensor, nn
+
+from cascade.data.cache import CaseMeta, preprocess_case
+from cascade.data.cases import Case
+from cascade.data.labels import NUM_CLASSES, from_classes
+from cascade.data.transforms import uncrop
+from cascade.inference.multiview import predict_prior
+from cascade.inference.postprocess import suppress_small_enhancing
+from cascade.inference.sliding import Box, evaluated_region, sliding_window_predict
+
+# Every subset of the three spatial axes of a (B, C, X, Y, Z) batch: the 8 mirrorings.
+MIRROR_AXES: tuple[tuple[int, ...], ...] = tuple(
+    axes for count in range(4) for axes in itertools.combinations((2, 3, 4), count)
+)
+
+
+@dataclass(eq=False)
+class VolumePrediction:
+    """Result on the preprocessed (cropped) grid (x, y, z)."""
+
+    probabilities: Tensor  # float32 (4, x, y, z) on the predictor's device: final mixed output
+    classes: np.ndarray  # uint8 (x, y, z) classes 0..3, post-processed
+    stage1_classes: np.ndarray  # uint8 (x, y, z) argmax of the Stage-1 prior
+    stage2_box: Box | None  # where Stage 2 ran ((x0, x1), (y0, y1), (z0, z1)); None: skipped
+    timings: dict[str, float]  # seconds: "stage1", "stage2"
+
+
+@dataclass(eq=False)
+class Prediction:
+    """Result of one case in its original geometry (full shape, crop undone)."""
+
+    labels: np.ndarray  # uint8 (X, Y, Z) in the case's label convention, ready to write
+    classes: np.ndarray  # uint8 (X, Y, Z) classes 0..3, post-processed
+    stage1_classes: np.ndarray  # uint8 (X, Y, Z) Stage-1 argmax
+    stage2_box: Box | None  # on the preprocessed grid; None when Stage 2 was skipped
+    timings: dict[str, float]  # seconds: read_preprocess, stage1, stage2, finish, total
+    meta: CaseMeta  # crop box, original shape, affine and header for writing
+
+
+def tumor_box(classes: Tensor, margin: int) -> Box | None:
+    """Bounding box of classes != 0 in an (X, Y, Z) map, grown by `margin` voxels and clipped."""
+    tumor = classes != 0
+    if not bool(tumor.any()):
+        return None
+    box = []
+    for axis in range(3):
+        others = [other for other in (2, 1, 0) if other != axis]
+        present = tumor.any(dim=others[0]).any(dim=others[1]).nonzero().flatten()
+        first, last = int(present[0]), int(present[-1])
+        box.append((max(0, first - margin), min(tumor.shape[axis], last + 1 + margin)))
+    return tuple(box)  # type: ignore[return-value]
+
+
+class CascadePredictor:
+    """Segments cases with a trained Stage-1 net, Stage-2 net and residual mix.
+
+    The nets are moved to `device` and put in eval mode. fp16 autocast is used only on CUDA.
+    `tta` averages Stage-2 softmax over the 8 mirrorings; `stage1_tta` does the same for the
+    prior (8x Stage-1 cost, and a smoother prior than the cached ones Stage 2 was trained on).
+    `stage1_plane_size` pads slices as `predict_prior` does for the cached priors; give the same.
+    """
+
+    def __init__(
+        self,
+        stage1_net: nn.Module,
+        stage2_net: nn.Module,
+        mix: nn.Module,
+        preprocessing: tio.Transform,
+        slab_depth: int,
+        views: Sequence[str],
+        patch_size: Sequence[int],
+        overlap: float,
+        roi_margin: int,
+        stage1_batch_size: int,
+        stage2_batch_size: int,
+        device: torch.device | str,
+        fp16: bool,
+        tta: bool,
+        min_enhancing_voxels: int | None,
+        stage1_tta: bool = False,
+        stage1_plane_size: Sequence[int] | None = None,
+        weighting: str = "gaussian",
+    ) -> None:
+        if len(patch_size) != 3:
+            raise ValueError(f"patch_size must have 3 values, got {patch_size}")
+        if roi_margin < 0:
+            raise ValueError(f"roi_margin must be >= 0, got {roi_margin}")
+        self.device = torch.device(device)
+        self.stage1_net = stage1_net.to(self.device).eval()
+        self.stage2_net = stage2_net.to(self.device).eval()
+        self.mix = mix.to(self.device).eval()
+        self.preprocessing = preprocessing
+        self.slab_depth = slab_depth
+        self.views = tuple(views)
+        self.patch_size = tuple(int(size) for size in patch_size)
+        self.overlap = overlap
+        self.roi_margin = roi_margin
+        self.stage1_batch_size = stage1_batch_size
+        self.stage2_batch_size = stage2_batch_size
+        self.autocast = fp16 and self.device.type == "cuda"
+        self.tta = tta
+        self.stage1_tta = stage1_tta
+        self.stage1_plane_size = stage1_plane_size
+        self.min_enhancing_voxels = min_enhancing_voxels
+        self.weighting = weighting
+
+    @torch.inference_mode()
+    def predict(self, case: Case, roi_only: bool = True, roi: Box | None = None) -> Prediction:
+        """Segment one case; labels come back on the input's grid and label convention.
+
+        `roi_only=False` runs Stage 2 on the whole volume (for comparison); `roi` forces the
+        Stage-2 box on the preprocessed grid instead of the Stage-1 tumor box.
+        """
+        start = time.perf_counter()
+        # The label, if any, is not needed to predict: do not read it.
+        image, _, meta = preprocess_case(dataclasses.replace(case, label=None), self.preprocessing)
+        read_done = time.perf_counter()
+        volume = self.predict_arrays(image, roi_only=roi_only, roi=roi)
+        stage2_done = time.perf_counter()
+
+        def restore(classes: np.ndarray) -> np.ndarray:
+            return uncrop(classes, meta.crop_box, meta.original_shape, fill=0).astype(np.uint8)
+
+        classes = restore(volume.classes)
+        stage1_classes = restore(volume.stage1_classes)
+        labels = from_classes(classes, case.convention)
+        end = time.perf_counter()
+        timings = {
+            "read_preprocess": read_done - start,
+            **volume.timings,
+            "finish": end - stage2_done,
+            "total": end - start,
+        }
+        return Prediction(labels, classes, stage1_classes, volume.stage2_box, timings, meta)
+
+    @torch.inference_mode()
+    def predict_arrays(
+        self, image: np.ndarray | Tensor, roi_only: bool = True, roi: Box | None = None
+    ) -> VolumePrediction:
+        """Cascade on a preprocessed image (4, x, y, z); see `predict` for `roi_only` and `roi`."""
+        if not torch.is_tensor(image):
+            # A copy: cached images are read-only memory maps.
+            image = torch.tensor(np.asarray(image), dtype=torch.float32)
+        if image.dim() != 4 or image.shape[0] != 4:
+            raise ValueError(f"image must be (4, x, y, z), got shape {tuple(image.shape)}")
+        image = image.to(self.device, torch.float32)
+
+        start = time.perf_counter()
+        prior = self._stage1_prior(image)
+        stage1_classes = prior.argmax(0)
+        self._synchronize()
+        stage1_done = time.perf_counter()
+
+        if not roi_only:
+            box: Box | None = tuple((0, size) for size in image.shape[1:])  # type: ignore[assignment]
+        elif roi is not None:
+            box = roi
+        else:
+            box = tumor_box(stage1_classes, self.roi_margin)
+        probabilities = prior
+        if box is not None:
+            box = evaluated_region(image.shape[1:], self.patch_size, box)
+            probabilities = self._stage2(image, prior, box)
+        self._synchronize()
+        stage2_done = time.perf_counter()
+
+        classes = probabilities.argmax(0).to(torch.uint8)
+        if self.min_enhancing_voxels:
+            classes = suppress_small_enhancing(classes, self.min_enhancing_voxels)
+        return VolumePrediction(
+            probabilities=probabilities,
+            classes=classes.cpu().numpy(),
+            stage1_classes=stage1_classes.to(torch.uint8).cpu().numpy(),
+            stage2_box=box,
+            timings={"stage1": stage1_done - start, "stage2": stage2_done - stage1_done},
+        )
+
+    def _stage1_prior(self, image: Tensor) -> Tensor:
+        """Three-view Stage-1 probabilities (4, x, y, z), optionally mirror-averaged."""
+        mirrorings = MIRROR_AXES if self.stage1_tta else ((),)
+        total = torch.zeros((NUM_CLASSES, *image.shape[1:]), device=self.device)
+        for axes in mirrorings:
+            # Batch axes (2, 3, 4) are axes (1, 2, 3) of the unbatched (C, X, Y, Z) image.
+            volume_axes = tuple(axis - 1 for axis in axes)
+            flipped = image.flip(volume_axes) if axes else image
+            prior = predict_prior(
+                self.stage1_net,
+                flipped,
+                slab_depth=self.slab_depth,
+                views=self.views,
+                batch_size=self.stage1_batch_size,
+                device=self.device,
+                fp16=self.autocast,
+                plane_size=self.stage1_plane_size,
+            )
+            total += prior.flip(volume_axes) if axes else prior
+        return total / len(mirrorings)
+
+    def _stage2(self, image: Tensor, prior: Tensor, box: Box) -> Tensor:
+        """Prior with the Stage-2 mixed probabilities pasted into `box` (4, x, y, z)."""
+        region = tuple(slice(start, stop) for start, stop in box)
+        inputs = torch.cat([image[(slice(None), *region)], prior[(slice(None), *region)]])
+        mixed = sliding_window_predict(
+            self._mixed_windows,
+            inputs,
+            patch_size=self.patch_size,  # type: ignore[arg-type]
+            overlap=self.overlap,
+            batch_size=self.stage2_batch_size,
+            num_outputs=NUM_CLASSES,
+            weighting=self.weighting,
+        )
+        probabilities = prior.clone()
+        probabilities[(slice(None), *region)] = mixed
+        return probabilities
+
+    def _mixed_windows(self, windows: Tensor) -> Tensor:
+        """(B, 8, *patch) image + prior windows -> (B, 4, *patch) mixed probabilities."""
+        mirrorings = MIRROR_AXES if self.tta else ((),)
+        stage2 = torch.zeros_like(windows[:, 4:], dtype=torch.float32)
+        for axes in mirrorings:
+            flipped = windows.flip(axes) if axes else windows
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.autocast):
+                logits = self.stage2_net(flipped)
+            softmax = torch.softmax(logits.float(), dim=1)
+            stage2 += softmax.flip(axes) if axes else softmax
+        stage2 /= len(mirrorings)
+        return self.mix(stage2, windows[:, 4:].float())
+
+    def _synchronize(self) -> None:
+        # CUDA kernels run asynchronously: wait before reading the clock.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
