@@ -31,7 +31,7 @@ class Stage1Module(L.LightningModule):
         scheduler: Callable[[Optimizer, int], LRScheduler] | None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "loss"], logger=False)
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer

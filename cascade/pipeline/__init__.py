@@ -1,0 +1,104 @@
+"""One training run of the cascade, step by step (``python -m cascade.train`` calls ``run``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from cascade.checkpoint import CascadeModel, build_predictor, save_checkpoint
+from cascade.config import export_job_for_ddp_children
+from cascade.loggers import build_logger
+from cascade.pipeline.evaluation import evaluate_cases, format_metrics, run_metrics, write_outputs
+from cascade.pipeline.prepare import prepare_cache, prepare_cases, prepare_split
+from cascade.pipeline.stages import file_tag, fit_stage1, fit_stage2, write_stage1_priors
+from cascade.viz import save_alpha_curve
+
+log = logging.getLogger(__name__)
+
+
+def _is_rank_zero() -> bool:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return (
+        int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    )
+
+
+def model_settings(cfg: DictConfig) -> dict:
+    """What inference needs besides the weights; stored in cascade.ckpt."""
+    return {
+        "preprocessing": OmegaConf.to_container(cfg.preprocessing, resolve=True),
+        "slab_depth": cfg.data.stage1.slab_depth,
+        "views": list(cfg.data.stage1.views),
+        "slab_size": list(cfg.data.stage1.slab_size),
+        "patch_size": list(cfg.data.stage2.patch_size),
+        "inference": OmegaConf.to_container(cfg.model.inference, resolve=True),
+        "min_enhancing_voxels": cfg.evaluation.min_enhancing_voxels,
+    }
+
+
+def run(cfg: DictConfig) -> dict | None:
+    """Run the stages ``cfg.stage`` asks for; returns the validation metrics on rank 0."""
+    if cfg.stage not in (1, 2, "all"):
+        raise ValueError(f"stage must be 1, 2 or all, got {cfg.stage!r}")
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    export_job_for_ddp_children(run_dir, list(hydra_cfg.overrides.task))
+    L.seed_everything(cfg.seed, workers=True)
+
+    cases = prepare_cases(cfg.data)
+    train_ids, val_ids = prepare_split(cases, cfg.data.split, run_dir)
+    cache = prepare_cache(cases, cfg.preprocessing, Path(cfg.cache_dir))
+    logger = build_logger(cfg.get("logger"))
+    if logger is not None:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    stage1_net, stage1_weights = fit_stage1(cfg, cache, train_ids, val_ids, logger)
+    prior_tag = file_tag(stage1_weights)
+    write_stage1_priors(cfg, stage1_net, cache, train_ids + val_ids, prior_tag)
+    if cfg.stage == 1:
+        return None
+
+    stage2_net, mix, alpha_history = fit_stage2(cfg, cache, train_ids, val_ids, prior_tag, logger)
+    if not _is_rank_zero():
+        return None
+    model = CascadeModel(stage1_net, stage2_net, mix, settings=model_settings(cfg))
+    networks = {
+        name: OmegaConf.to_container(cfg.model[name], resolve=True)
+        for name in ("stage1", "stage2", "mix")
+    }
+    save_checkpoint(run_dir / "cascade.ckpt", model, networks)
+    if alpha_history is not None and alpha_history.steps:
+        save_alpha_curve(run_dir / "alpha.png", alpha_history.steps, alpha_history.alphas)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    predictor = build_predictor(model, device, fp16=str(cfg.trainer.precision).startswith("16"))
+    val_cases = [case for case in cases if case.case_id in set(val_ids)]
+    overlay_dir = run_dir / "overlays" if cfg.evaluation.overlay_cases else None
+    rows = evaluate_cases(predictor, val_cases, overlay_dir, cfg.evaluation.overlay_cases)
+    metrics = run_metrics(rows, alpha=float(mix.alpha.detach()))
+    write_outputs(run_dir, rows, metrics)
+    if logger is not None:
+        logger.log_metrics({f"final/{key}": value for key, value in metrics.items()})
+        _log_overlays(logger, overlay_dir)
+        logger.finalize("success")
+    print(format_metrics(metrics))
+    print(f"outputs in {run_dir}")
+    return metrics
+
+
+def _log_overlays(logger, overlay_dir: Path | None) -> None:
+    """Overlay pictures to W&B (other loggers have no image panel)."""
+    if overlay_dir is None or not hasattr(logger, "log_image"):
+        return
+    pictures = sorted(overlay_dir.glob("*.png"))
+    if pictures:
+        logger.log_image(
+            "final/overlays", [str(path) for path in pictures], caption=[p.stem for p in pictures]
+        )

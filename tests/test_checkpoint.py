@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from cascade.checkpoint import CascadeModel, CheckpointError, load_checkpoint, save_checkpoint
+from cascade.nn.attention_unet3d import AttentionUNet3d
+from cascade.nn.residual_mix import LearnableResidualMix
+from cascade.nn.unet2d import UNet2d
+
+NETWORKS = {
+    "stage1": {
+        "_target_": "cascade.nn.unet2d.UNet2d",
+        "in_channels": 12,
+        "num_classes": 4,
+        "filters": 4,
+        "depth": 2,
+        "norm": "instance",
+        "activation": "leaky_relu",
+    },
+    "stage2": {
+        "_target_": "cascade.nn.attention_unet3d.AttentionUNet3d",
+        "in_channels": 8,
+        "num_classes": 4,
+        "filters": 4,
+        "depth": 2,
+        "norm": "instance",
+        "activation": "leaky_relu",
+    },
+    "mix": {"_target_": "cascade.nn.residual_mix.LearnableResidualMix", "init": 0.3},
+}
+SETTINGS = {"slab_depth": 3, "views": ["axial"], "patch_size": [16, 16, 16]}
+
+
+def _model() -> CascadeModel:
+    kwargs = {k: v for k, v in NETWORKS["stage1"].items() if k != "_target_"}
+    stage1 = UNet2d(**kwargs)
+    kwargs = {k: v for k, v in NETWORKS["stage2"].items() if k != "_target_"}
+    stage2 = AttentionUNet3d(**kwargs)
+    return CascadeModel(stage1, stage2, LearnableResidualMix(0.3), settings=SETTINGS)
+
+
+def test_round_trip_restores_weights_and_settings(tmp_path: Path) -> None:
+    model = _model()
+    save_checkpoint(tmp_path / "cascade.ckpt", model, NETWORKS)
+    loaded = load_checkpoint(tmp_path / "cascade.ckpt")
+    for name in ("stage1", "stage2", "mix"):
+        original, restored = getattr(model, name).state_dict(), getattr(loaded, name).state_dict()
+        assert original.keys() == restored.keys()
+        assert all(torch.equal(original[key], restored[key]) for key in original)
+    assert loaded.settings == SETTINGS
+    assert float(loaded.mix.alpha.detach()) == pytest.approx(0.3, abs=1e-6)
+
+
+def test_foreign_file_is_refused_with_its_name(tmp_path: Path) -> None:
+    foreign = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="model.ckpt: not a cascade checkpoint"):
+        load_checkpoint(foreign)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="garbage.ckpt"):
+        load_checkpoint(garbage)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_networks_outside_cascade_are_not_instantiated(tmp_path: Path) -> None:
+    networks = {**NETWORKS, "mix": {"_target_": "os.system", "command": "true"}}
+    save_checkpoint(tmp_path / "cascade.ckpt", _model(), networks)
+    with pytest.raises(CheckpointError, match="not a cascade network"):
+        load_checkpoint(tmp_path / "cascade.ckpt")
+
+
+def test_pickled_objects_are_not_loaded(tmp_path: Path) -> None:
+    payload = {"format": "cascade-checkpoint", "version": 1, "evil": Path("/etc/passwd")}
+    torch.save(payload, tmp_path / "pickled.ckpt")
+    with pytest.raises(CheckpointError, match="pickled.ckpt"):
+        load_checkpoint(tmp_path / "pickled.ckpt")
