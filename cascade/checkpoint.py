@@ -1,7 +1,8 @@
 """``cascade.ckpt``: both stages, the residual mix and everything needed to predict new cases.
 
-The file holds only tensors and plain containers, so it is read with ``torch.load(weights_only=True)``
-(no arbitrary unpickling), and networks are rebuilt only from classes inside ``cascade.nn``.
+The file holds only tensors and plain containers, so it is read with
+``torch.load(weights_only=True)`` (no arbitrary unpickling), and networks are rebuilt only
+from classes inside ``cascade.nn``.
 """
 
 from __future__ import annotations

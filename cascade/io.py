@@ -11,7 +11,7 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; it replaces ``target`` only if the block succeeds."""
+    """Yield a temporary path beside ``target``; it replaces ``target`` if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # keep the real suffix(es) so writers that infer the format from the name (nibabel) still work

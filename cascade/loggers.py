@@ -21,7 +21,7 @@ def wandb_logged_in() -> bool:
 
 
 def build_logger(logger_cfg: DictConfig | None) -> Logger | None:
-    """Instantiate the configured logger; ``offline: null`` for W&B means "offline unless logged in"."""
+    """Instantiate the configured logger; W&B ``offline: null`` means offline unless logged in."""
     if not logger_cfg or "_target_" not in logger_cfg:
         return None
     logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)

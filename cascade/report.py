@@ -42,7 +42,7 @@ def read_jobs(sweep_dir: Path) -> list[tuple[dict[str, str], dict[str, float]]]:
 
 
 def group_by_configuration(jobs) -> list[dict[str, object]]:
-    """Rows of the table: the settings that vary (seed excluded), n seeds, mean and sd per metric."""
+    """Table rows: the settings that vary (seed excluded), n seeds, mean and sd per metric."""
     varying = sorted(
         {key for settings, _ in jobs for key in settings if key != "seed"}
         - {key for key in jobs[0][0] if all(s.get(key) == jobs[0][0][key] for s, _ in jobs)}
@@ -52,7 +52,7 @@ def group_by_configuration(jobs) -> list[dict[str, object]]:
         groups.setdefault(tuple(settings.get(key, "") for key in varying), []).append(metrics)
     rows = []
     for values, runs in sorted(groups.items()):
-        row: dict[str, object] = dict(zip(varying, values))
+        row: dict[str, object] = dict(zip(varying, values, strict=True))
         row["seeds"] = len(runs)
         for key in METRIC_KEYS:
             series = [run[key] for run in runs if run.get(key) is not None]

@@ -58,7 +58,12 @@ def save_overlay(
     figure, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
     for row, (name, classes) in enumerate(rows):
         for column, (image, overlay, view) in enumerate(
-            zip(_planes(flair, centre), _planes(classes, centre), ("axial", "coronal", "sagittal"))
+            zip(
+                _planes(flair, centre),
+                _planes(classes, centre),
+                ("axial", "coronal", "sagittal"),
+                strict=True,
+            )
         ):
             _show(axes[row, column], image, np.ma.masked_equal(overlay, 0), f"{name}, {view}")
     if title:

@@ -47,7 +47,9 @@ class Stage2Module(L.LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "mix", "loss", "optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(
+            ignore=["net", "mix", "loss", "optimizer", "scheduler"], logger=False
+        )
         self.net = net
         self.mix = mix
         self.loss = loss

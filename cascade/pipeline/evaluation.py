@@ -46,7 +46,10 @@ def evaluate_cases(
         )
         if overlay_dir is not None and index < overlay_cases:
             flair = np.asanyarray(nib.load(case.images["flair"]).dataobj)
-            title = f"{case.case_id}: Dice WT {cascade_metrics['dice_wt']:.2f} TC {cascade_metrics['dice_tc']:.2f} ET {cascade_metrics['dice_et']:.2f}"
+            dice = " ".join(
+                f"{region.upper()} {cascade_metrics[f'dice_{region}']:.2f}" for region in REGIONS
+            )
+            title = f"{case.case_id}: Dice {dice}"
             save_overlay(
                 overlay_dir / f"{case.case_id}.png", flair, prediction.classes, truth, title
             )

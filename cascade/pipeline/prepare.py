@@ -37,7 +37,7 @@ def prepare_cases(data: DictConfig) -> list[Case]:
             problems.append(str(error))
     if problems:
         raise DataError(
-            f"{len(problems)} bad case(s) under {root} (python -m cascade.check {root} lists them):\n"
+            f"{len(problems)} bad case(s) under {root} (python -m cascade.check lists them):\n"
             + "\n".join(problems)
         )
     unlabelled = [case.case_id for case in cases if case.label is None]

@@ -1,0 +1,230 @@
+"""python -m cascade.bench [--quick] [--full] [--out DIR] [--sections ...] [hydra overrides]
+
+Measures preprocessing, data loading, training steps, inference and profiles of the hot paths,
+and writes DIR/bench.json and DIR/bench.md. Sizes and settings come from conf/ (Hydra overrides
+after the options apply to every config composed here). On a machine without a GPU the
+networks run at reduced sizes, labelled in each row; paper-size memory is counted analytically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+
+from cascade.bench import fast_loading, inference, loading, networks
+from cascade.bench.measure import compose, machine, median, time_calls
+from cascade.bench.report import write_report
+
+SECTIONS = ("preprocessing", "loading", "networks", "inference", "profile")
+PRIOR_TAG = "bench"
+
+# Reduced sizes where no GPU is present, so a step takes seconds, not minutes.
+CPU_SIZES = networks.StepSizes(8, (128, 128), 2, (48, 48, 48), (64, 64, 64), "CPU-reduced")
+QUICK_SIZES = networks.StepSizes(2, (64, 64), 2, (32, 32, 32), (32, 32, 32), "quick (tiny)")
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m cascade.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, about a minute")
+    parser.add_argument("--full", action="store_true", help="also paper-size nets at inference")
+    parser.add_argument("--out", type=Path, default=Path("experiments/bench"))
+    parser.add_argument("--workdir", type=Path, default=None, help="synthetic data (default: temp)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. seed=1")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    quick = args.quick
+    base = ["+experiment=smoke"] if quick else []
+    cfg = compose([*base, *args.overrides])
+    smoke = compose(["+experiment=smoke", *args.overrides])
+    names = ("smoke",) if quick else ("f24_d4", "f32_d5")
+    experiments = {name: compose([f"+experiment={name}", *args.overrides]) for name in names}
+    if device.type == "cuda":
+        sizes = networks.configured_sizes(experiments[names[-1]])
+    else:
+        sizes = QUICK_SIZES if quick else CPU_SIZES
+    repeats, warmup = (10, 3) if device.type == "cuda" else (1, 1) if quick else (2, 1)
+    notes = [
+        f"synthetic cases of {'x'.join(map(str, cfg.data.synthetic.shape))} voxels "
+        "(cascade.data.synthetic), read from .nii.gz and cached as the training run does",
+        "networks are untrained: speed does not depend on the weights",
+    ]
+    if device.type == "cpu":
+        notes.append(
+            "no GPU: networks run at the reduced sizes in each row, in fp32; memory is peak RSS "
+            "growth (CPU) or counted on the meta device (analytic)"
+        )
+
+    sections: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="cascade-bench-") as temporary:
+        workdir = args.workdir or Path(temporary)
+        case_count = 2 if quick else 3
+        start = time.perf_counter()
+        cases = loading.synthetic_cases(cfg, workdir / "raw", case_count)
+        generation = time.perf_counter() - start
+        needs_cache = set(args.sections) - {"preprocessing", "networks"}
+        cache = loading.build_cache(cfg, cases, workdir / "cache") if needs_cache else None
+        if cache is not None:
+            loading.write_priors(cache, cache.case_ids(), PRIOR_TAG, cfg.seed)
+
+        if "preprocessing" in args.sections:
+            thread_counts = sorted({1, torch.get_num_threads()})
+            rows = loading.preprocessing_rows(cfg, cases, 1 if quick else 3, thread_counts)
+            rows.insert(
+                0,
+                {
+                    "name": "write_dataset (synthetic cases, not cached)",
+                    "setting": f"{case_count} cases (or reused from --workdir)",
+                    "s/case": generation / case_count,
+                },
+            )
+            sections["1. Preprocessing and caching per case (CPU)"] = {"rows": rows}
+
+        if "loading" in args.sections:
+            stage1 = sorted({2, cfg.data.stage1.num_workers})
+            stage2 = sorted({2, cfg.data.stage2.num_workers})
+            # Stage 2: two queue fills, so the queue's refill is part of the rate
+            fill = cfg.data.stage2.queue_length // cfg.data.stage2.batch_size
+            batches = (4 if quick else 16, 2 * fill)
+            rows = loading.loading_rows(cfg, cache, PRIOR_TAG, stage1, stage2, *batches)
+            sections["2. Data loading (items/s = slabs or patches per second)"] = {
+                "note": "The configured workers and 2 workers (goal: >= 60 Stage-2 patches/s). "
+                "Priors are plausible random probability maps. The few cases stay in the page "
+                "cache; a full dataset read from disk is slower.",
+                "rows": rows,
+            }
+
+        if "networks" in args.sections:
+            rows = networks.network_rows(experiments, sizes, device, repeats, warmup, True)
+            sections["3. Training step per stage"] = {
+                "note": "One optimiser step: forward, softmax (+ residual mix for Stage 2), "
+                "Dice+CE loss, backward, AdamW. Baselines use the same loss.",
+                "rows": rows,
+            }
+            paper = experiments if not quick else {"smoke": smoke}
+            sections["3b. Training memory at configured sizes (analytic)"] = {
+                "note": "Tensors kept for backward, counted on the meta device; 16-mixed lies "
+                "between the fp32 and fp16 columns.",
+                "rows": networks.memory_rows(paper),
+            }
+
+        if "inference" in args.sections:
+            case = cases[0]
+            variants = [(True, False), (False, False)] + ([] if quick else [(True, True)])
+            rows = inference.inference_rows(smoke, "smoke", case, cache, device, 1, variants)
+            if args.full:
+                full = [(True, False), (False, False)]
+                rows += inference.inference_rows(
+                    experiments[names[-1]], names[-1], case, cache, device, 1, full
+                )
+            sections["4. Inference per case (CascadePredictor timings)"] = {
+                "note": "Untrained nets find no tumor, so the Stage-2 region is forced to the "
+                "case's true tumor box plus roi_margin (the predictor's `roi` argument).",
+                "rows": rows,
+            }
+
+        if "profile" in args.sections:
+            sections["5. Profiles of the hot paths"] = _profiles(
+                cfg, experiments[names[0]], smoke, cache, sizes, device, quick
+            )
+
+    header = {
+        "command": shlex.join(["python", "-m", "cascade.bench", *sys.argv[1:]])
+        if argv is None
+        else shlex.join(["python", "-m", "cascade.bench", *argv]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": "quick" if quick else "full" if args.full else "default",
+        "machine": machine(),
+        "load_start": load_start,
+        "load_end": os.getloadavg()[0],
+        "seconds": time.perf_counter() - started,
+        "notes": notes,
+    }
+    write_report(args.out, header, sections)
+    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+    return 0
+
+
+def _profiles(cfg, experiment, smoke, cache, sizes, device, quick) -> dict:
+    """Where the time goes in the Stage-2 loader, the Stage-2 step and the sliding window."""
+    rows, loader_profile = loading.stage2_breakdown(cfg, cache, PRIOR_TAG, 1 if quick else 3)
+    rows += fast_loading.intensity_rows(tuple(cfg.data.stage2.patch_size), 3 if quick else 10)
+    rows += inference.window_overhead_rows(smoke, cache, cache.case_ids()[0], device)
+
+    step = networks.TrainStep(
+        instantiate(experiment.model.stage2),
+        instantiate(experiment.model.loss),
+        instantiate(experiment.model.optimizer),
+        torch.softmax(torch.randn(sizes.stage2_batch, 8, *sizes.stage2_patch), dim=1),
+        torch.randint(4, (sizes.stage2_batch, *sizes.stage2_patch)),
+        device,
+        str(experiment.trainer.precision).startswith("16"),
+        mix=instantiate(experiment.model.mix),
+    )
+    step()  # warm-up outside the profile
+    step_profile = inference.torch_profile(step, device, 12)
+    rows.append(
+        {
+            "name": "Stage-2 step (the profiled one, again)",
+            "setting": f"{sizes.label} {'x'.join(map(str, sizes.stage2_patch))}",
+            "ms": 1e3 * median(time_calls(step, 1, 0, device)),
+        }
+    )
+    if device.type == "cpu" and not quick:
+        rows += _thread_rows(smoke, QUICK_SIZES)
+    return {
+        "rows": rows,
+        "profiles": {
+            "Stage-2 subject load + patch sampling (cProfile, by own time)": loader_profile,
+            "Stage-2 training step (torch.profiler, by self time)": step_profile,
+        },
+    }
+
+
+def _thread_rows(cfg, sizes: networks.StepSizes) -> list[dict]:
+    """The same small CPU step with one torch thread and with one per core: on a shared,
+    busy machine OpenMP threads that wait for each other can cost far more than they give."""
+    chosen = torch.get_num_threads()
+    rows = []
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        row = networks.measure_step(
+            f"Stage 2 AttentionUNet3d smoke, {threads} torch thread(s)",
+            lambda: instantiate(cfg.model.stage2),
+            cfg,
+            sizes.stage2_batch,
+            sizes.stage2_patch,
+            torch.device("cpu"),
+            2,
+            1,
+            sizes.label,
+            mix=True,
+        )
+        rows.append({key: row[key] for key in ("name", "setting", "ms/step")})
+    torch.set_num_threads(chosen)
+    return rows
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

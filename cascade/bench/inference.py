@@ -1,0 +1,139 @@
+"""Inference time per case (CascadePredictor) and profiles of the Stage-2 step and windows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from cascade.bench.measure import median
+from cascade.checkpoint import CascadeModel, build_predictor
+from cascade.data.cache import PreprocessCache
+from cascade.data.cases import Case
+from cascade.data.labels import NUM_CLASSES
+from cascade.inference.cascade import CascadePredictor, tumor_box
+from cascade.inference.sliding import evaluated_region, sliding_window_predict
+from cascade.pipeline import model_settings
+
+
+def untrained_predictor(cfg: DictConfig, device: torch.device, tta: bool) -> CascadePredictor:
+    """The configured cascade with freshly initialised nets (speed does not depend on weights)."""
+    torch.manual_seed(0)
+    model = CascadeModel(
+        instantiate(cfg.model.stage1),
+        instantiate(cfg.model.stage2),
+        instantiate(cfg.model.mix),
+        settings=model_settings(cfg),
+    )
+    fp16 = str(cfg.trainer.precision).startswith("16")
+    return build_predictor(model, device, tta=tta, fp16=fp16)
+
+
+def truth_roi(cache: PreprocessCache, case_id: str, margin: int):
+    """The case's true tumor box (+margin) on the preprocessed grid: an untrained Stage 1 finds
+    no realistic tumor, so Stage 2's region is forced to where a trained one would run."""
+    label = torch.from_numpy(np.array(cache.label(case_id)))
+    return tumor_box(label, margin)
+
+
+def inference_rows(
+    cfg: DictConfig,
+    name: str,
+    case: Case,
+    cache: PreprocessCache,
+    device: torch.device,
+    repeats: int,
+    variants: Sequence[tuple[bool, bool]],
+) -> list[dict[str, Any]]:
+    """Per-case seconds split into reading/preprocessing, Stage 1, Stage 2 and the rest.
+
+    variants: (roi_only, tta) pairs.
+    """
+    roi = truth_roi(cache, case.case_id, cfg.model.inference.roi_margin)
+    shape = cache.meta(case.case_id).original_shape
+    rows = []
+    for roi_only, tta in variants:
+        predictor = untrained_predictor(cfg, device, tta)
+        timings = [
+            predictor.predict(case, roi_only=roi_only, roi=roi).timings for _ in range(repeats)
+        ]
+        box = evaluated_region(cache.image(case.case_id).shape[1:], predictor.patch_size, roi)
+        region = "ROI (true tumor box, forced)" if roi_only else "full volume"
+        setting = f"{'x'.join(map(str, shape))}, patch {'x'.join(map(str, predictor.patch_size))}"
+        if roi_only:
+            setting += ", Stage-2 box " + "x".join(str(stop - start) for start, stop in box)
+        rows.append(
+            {
+                "name": f"cascade {name}, Stage 2 on {region}" + (", 8x TTA" if tta else ""),
+                "setting": setting,
+                **{
+                    f"{part} s": median([timing[part] for timing in timings])
+                    for part in ("read_preprocess", "stage1", "stage2", "finish", "total")
+                },
+            }
+        )
+    return rows
+
+
+def window_overhead_rows(
+    cfg: DictConfig, cache: PreprocessCache, case_id: str, device: torch.device
+) -> list[dict[str, Any]]:
+    """Sliding window over the whole cropped case: with the Stage-2 net, and with a stand-in
+    that returns constant outputs, which leaves the cost of slicing, weighting and summing."""
+    predictor = untrained_predictor(cfg, device, tta=False)
+    image = torch.from_numpy(np.array(cache.image(case_id))).to(device)
+    prior = torch.full((NUM_CLASSES, *image.shape[1:]), 1.0 / NUM_CLASSES, device=device)
+    volume = torch.cat([image, prior])
+    patch = predictor.patch_size
+    common = {
+        "volume": volume,
+        "patch_size": patch,
+        "overlap": predictor.overlap,
+        "batch_size": predictor.stage2_batch_size,
+        "num_outputs": NUM_CLASSES,
+    }
+
+    def constant(windows: torch.Tensor) -> torch.Tensor:
+        return windows.new_full((windows.shape[0], NUM_CLASSES, *windows.shape[2:]), 0.25)
+
+    rows = []
+    for label, function in (
+        ("net + mix (CascadePredictor windows)", predictor._mixed_windows),
+        ("windowing only (constant stand-in)", constant),
+    ):
+        with torch.inference_mode():
+            start = time.perf_counter()
+            sliding_window_predict(function, **common)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "name": f"sliding window, {label}",
+                "setting": f"cropped {'x'.join(map(str, image.shape[1:]))}, "
+                f"patch {'x'.join(map(str, patch))}, overlap {predictor.overlap}",
+                "s": seconds,
+            }
+        )
+    return rows
+
+
+def torch_profile(function, device: torch.device, rows: int) -> str:
+    """Top operators by self time of one call of `function` (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    sort = "self_cpu_time_total"
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+        sort = "self_cuda_time_total"
+    with profile(activities=activities) as profiler:
+        function()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return profiler.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=40)

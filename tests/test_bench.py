@@ -1,0 +1,53 @@
+"""The benchmark's quick mode runs end to end and writes a consistent JSON and Markdown report."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from cascade.bench.__main__ import main
+
+
+def test_quick_bench_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "bench"
+    threads = torch.get_num_threads()
+    try:
+        assert (
+            main(["--quick", "--threads", "1", "--out", str(out), "--workdir", str(tmp_path)]) == 0
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+    report = json.loads((out / "bench.json").read_text())
+    header = report["header"]
+    assert header["command"].startswith("python -m cascade.bench --quick")
+    assert header["machine"]["torch"] == torch.__version__
+    assert header["machine"]["device"] in (
+        "cpu",
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    )
+    sections = report["sections"]
+    assert len(sections) == 6  # five sections, the training one with its analytic memory table
+
+    rows = {row["name"]: row for section in sections.values() for row in section.get("rows", [])}
+    assert rows["PreprocessCache.build, 1 torch thread(s)"]["s/case"] > 0
+    loaders = [row for name, row in rows.items() if name.startswith("Stage-2 patches")]
+    assert len(loaders) == 3 and all(row["items/s"] > 0 for row in loaders)
+    steps = {row["name"]: row for row in sections["3. Training step per stage"]["rows"]}
+    step = steps["Stage 2 AttentionUNet3d smoke"]
+    assert step["ms/step"] > 0 and step["samples/s"] > 0
+    full_volume = rows["Full-volume AttentionUNet3d smoke"]
+    assert full_volume["activations fp32 GiB"] > full_volume["activations fp16 GiB"] > 0
+    inference = [row for name, row in rows.items() if name.startswith("cascade smoke")]
+    assert len(inference) == 2
+    for row in inference:
+        parts = sum(row[f"{part} s"] for part in ("read_preprocess", "stage1", "stage2", "finish"))
+        assert abs(parts - row["total s"]) < 0.05 * row["total s"] + 1e-3
+
+    markdown = (out / "bench.md").read_text()
+    assert "python -m cascade.bench --quick" in markdown
+    assert f"torch {torch.__version__}" in markdown
+    for title in sections:
+        assert f"## {title}" in markdown
+    assert "| Stage 2 AttentionUNet3d smoke |" in markdown

@@ -1,0 +1,181 @@
+"""The training entry point end to end on a tiny synthetic set (CPU, csv logger)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from cascade.checkpoint import load_checkpoint
+from cascade.config import CONFIG_DIR, register_resolvers
+
+# Small enough for the CPU in seconds; real code paths (NIfTI in, NIfTI out) throughout.
+TINY = [
+    "+experiment=smoke",
+    "logger=csv",
+    "data.synthetic.cases=4",
+    "data.synthetic.shape=[40,40,32]",
+    "data.stage1.slab_size=[40,40]",
+    "data.stage1.train_slabs_per_epoch=16",
+    "data.stage1.val_slabs=8",
+    "data.stage1.batch_size=4",
+    "data.stage1.num_workers=0",
+    "data.stage2.patch_size=[16,16,16]",
+    "data.stage2.num_workers=0",
+    "data.stage2.queue_length=4",
+    "data.stage2.samples_per_volume=2",
+    "model.stage1.filters=4",
+    "model.stage1.depth=2",
+    "model.stage2.filters=4",
+    "model.stage2.depth=2",
+    "trainer.stage1.max_epochs=1",
+    "trainer.stage2.max_epochs=2",
+    "trainer.stage2.check_val_every_n_epoch=1",
+    "evaluation.overlay_cases=1",
+]
+METRIC_KEYS = {
+    "dice_wt",
+    "dice_tc",
+    "dice_et",
+    "dice_mean",
+    "hd95_wt",
+    "hd95_tc",
+    "hd95_et",
+    "alpha",
+}
+
+
+def train(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "-m", "cascade.train", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, Path]:
+    """One tiny full run; later tests reuse its cache (cases, priors, Stage 1)."""
+    root = tmp_path_factory.mktemp("train")
+    cache, run = root / "cache", root / "run"
+    result = train(*TINY, f"cache_dir={cache}", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cache, run
+
+
+def test_smoke_run_writes_every_output(smoke_run) -> None:
+    _, run = smoke_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics.keys() >= METRIC_KEYS
+    assert all(0.0 <= metrics[f"dice_{region}"] <= 1.0 for region in ("wt", "tc", "et"))
+    assert 0.0 < metrics["alpha"] < 1.0
+    assert (run / "per_case.csv").read_text().startswith("case_id,dice_wt")
+    assert len(list((run / "overlays").glob("*.png"))) == 1
+    assert (run / "alpha.png").stat().st_size > 0
+    model = load_checkpoint(run / "cascade.ckpt")
+    assert model.settings["patch_size"] == [16, 16, 16]
+    assert abs(float(model.mix.alpha.detach()) - metrics["alpha"]) < 1e-6
+
+
+def test_checkpoint_predicts_in_the_input_geometry(smoke_run, tmp_path) -> None:
+    from cascade.predict import main as predict
+
+    cache, run = smoke_run
+    case_folder = next((cache / "synthetic").glob("*/Synth_001"))
+    assert predict(["--checkpoint", str(run / "cascade.ckpt"), "--input", str(case_folder),
+                    "--output", str(tmp_path), "--device", "cpu"]) == 0  # fmt: skip
+    written, source = (
+        nib.load(tmp_path / "Synth_001.nii.gz"),
+        nib.load(case_folder / "Synth_001_t1.nii.gz"),
+    )
+    assert written.shape == source.shape
+    np.testing.assert_allclose(written.affine, source.affine)
+    assert set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1, 2, 4}
+
+
+def test_finished_stages_are_reused_and_a_sweep_writes_one_result_per_job(smoke_run) -> None:
+    cache, _ = smoke_run
+    sweep = cache.parent / "sweep"
+    stage1_folders = sorted(cache.glob("stage1-*"))
+    result = train(
+        "-m", *TINY, f"cache_dir={cache}", f"hydra.sweep.dir={sweep}", "model.stage2.filters=4,6"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(cache.glob("stage1-*")) == stage1_folders  # Stage 1 of the smoke run reused
+    assert "Stage 1: reusing" in (sweep / "0" / "train.log").read_text()
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "metrics.json").read_text()).keys() >= METRIC_KEYS
+
+
+def test_f32_d5_selects_the_paper_model_on_two_t4s() -> None:
+    result = train("+experiment=f32_d5", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert (config["model"]["stage2"]["filters"], config["model"]["stage2"]["depth"]) == (32, 5)
+    trainer = config["trainer"]
+    assert (trainer["strategy"], trainer["devices"], trainer["precision"]) == ("ddp", 2, "16-mixed")
+
+
+def test_a_mistyped_key_fails_at_start_up() -> None:
+    result = train("+experiment=smoke", "model.stage2.filterz=8")
+    assert result.returncode != 0
+    assert "filterz" in result.stderr
+
+
+class _CrashAtEpoch(L.Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+class _Steps(L.Callback):
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.first = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.last = trainer.global_step
+
+
+def test_an_interrupted_stage2_fit_resumes_from_its_checkpoint(smoke_run) -> None:
+    from cascade.pipeline import prepare, stages
+
+    cache, run = smoke_run
+    register_resolvers()
+    overrides = [*TINY, f"cache_dir={cache}", "logger=none", "trainer.stage2.max_epochs=3"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    cases = prepare.prepare_cases(cfg.data)
+    train_ids, val_ids = prepare.prepare_split(cases, cfg.data.split, run)
+    store = prepare.prepare_cache(cases, cfg.preprocessing, cache)
+    _, weights = stages.fit_stage1(cfg, store, train_ids, val_ids, None)
+    tag = stages.file_tag(weights)
+    folder = stages.stage2_folder(cfg, tag, train_ids, val_ids)
+
+    crashed = _Steps()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        stages.fit_stage2(cfg, store, train_ids, val_ids, tag, None, [_CrashAtEpoch(2), crashed])
+    assert (folder / "checkpoints" / "last.ckpt").exists()
+    assert not (folder / "stage2.pt").exists()  # an interrupted fit is not taken as finished
+
+    resumed = _Steps()
+    stages.fit_stage2(cfg, store, train_ids, val_ids, tag, None, [resumed])
+    steps_per_epoch = resumed.last // 3
+    assert steps_per_epoch > 0
+    assert resumed.first == 2 * steps_per_epoch  # resumed after the two finished epochs
+    assert resumed.last == 3 * steps_per_epoch
+    assert (folder / "stage2.pt").exists()
