@@ -1,0 +1,109 @@
+"""python -m cascade.predict on tiny cases with an untrained (but real) cascade checkpoint."""
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cascade.checkpoint import CascadeModel, save_checkpoint
+from cascade.nn.attention_unet3d import AttentionUNet3d
+from cascade.nn.residual_mix import LearnableResidualMix
+from cascade.nn.unet2d import UNet2d
+from cascade.predict import main as predict
+
+NET = {"num_classes": 4, "filters": 4, "depth": 2, "norm": "instance", "activation": "leaky_relu"}
+SETTINGS = {
+    "preprocessing": {"margin": 2, "lower_percentile": 0.5, "upper_percentile": 99.5},
+    "slab_depth": 3,
+    "views": ["axial", "sagittal", "coronal"],
+    "slab_size": [24, 24],
+    "patch_size": [16, 16, 16],
+    "inference": {
+        "overlap": 0.5,
+        "roi_margin": 4,
+        "window_batch_size": 2,
+        "slab_batch_size": 16,
+        "tta": False,
+    },
+    "min_enhancing_voxels": None,
+}
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    stage1, stage2 = UNet2d(in_channels=12, **NET), AttentionUNet3d(in_channels=8, **NET)
+    networks = {
+        "stage1": {"_target_": "cascade.nn.unet2d.UNet2d", "in_channels": 12, **NET},
+        "stage2": {
+            "_target_": "cascade.nn.attention_unet3d.AttentionUNet3d",
+            "in_channels": 8,
+            **NET,
+        },
+        "mix": {"_target_": "cascade.nn.residual_mix.LearnableResidualMix", "init": 0.5},
+    }
+    path = tmp_path / "cascade.ckpt"
+    save_checkpoint(
+        path, CascadeModel(stage1, stage2, LearnableResidualMix(0.5), SETTINGS), networks
+    )
+    return path
+
+
+def _args(checkpoint: Path, source: Path, output: Path, *extra: str) -> list[str]:
+    return ["--checkpoint", str(checkpoint), "--input", str(source), "--output", str(output),
+            "--device", "cpu", *extra]  # fmt: skip
+
+
+def test_predictions_keep_geometry_and_label_convention(checkpoint, tmp_path, write_case) -> None:
+    data, output = tmp_path / "data", tmp_path / "seg"
+    files_2020 = write_case(data, naming="brats2020", case_id="A", shape=(24, 26, 20))
+    t1 = nib.load(files_2020["t1"])
+    t1.header.set_qform(t1.affine, code=1)
+    t1.header.set_sform(t1.affine, code=2)
+    nib.save(t1, files_2020["t1"])
+    write_case(data, naming="brats2023", case_id="B", shape=(24, 26, 20))
+    assert predict(_args(checkpoint, data, output, "--overlays")) == 0
+
+    written, source = nib.load(output / "A.nii.gz"), nib.load(files_2020["t1"])
+    assert written.shape == source.shape
+    np.testing.assert_allclose(written.affine, source.affine)
+    assert int(written.header["qform_code"]) == 1 and int(written.header["sform_code"]) == 2
+    assert written.get_data_dtype() == np.uint8
+    assert set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1, 2, 4}
+    assert set(np.unique(np.asanyarray(nib.load(output / "B-seg.nii.gz").dataobj))) <= {0, 1, 2, 3}
+    assert (output / "A.png").stat().st_size > 0
+
+
+def test_a_bad_case_is_skipped_in_one_line_and_leaves_no_file(
+    checkpoint, tmp_path, write_case, capsys
+) -> None:
+    data, output = tmp_path / "data", tmp_path / "seg"
+    write_case(data, case_id="good", shape=(24, 24, 16))
+    write_case(data, case_id="bad", shape=(24, 24, 16), arrays={"flair": np.zeros((24, 24, 16))})
+    assert predict(_args(checkpoint, data, output)) == 1
+    printed = capsys.readouterr().out
+    problem = [line for line in printed.splitlines() if "bad_flair" in line]
+    assert len(problem) == 1 and "all zero" in problem[0].lower()
+    assert sorted(path.name for path in output.iterdir()) == ["good.nii.gz"]
+
+
+def test_existing_predictions_are_skipped_unless_overwrite(
+    checkpoint, tmp_path, write_case
+) -> None:
+    data, output = tmp_path / "data", tmp_path / "seg"
+    write_case(data, case_id="A", shape=(24, 24, 16))
+    output.mkdir()
+    (output / "A.nii.gz").write_bytes(b"placeholder")
+    assert predict(_args(checkpoint, data, output)) == 0
+    assert (output / "A.nii.gz").read_bytes() == b"placeholder"
+    assert predict(_args(checkpoint, data, output, "--overwrite")) == 0
+    assert nib.load(output / "A.nii.gz").shape == (24, 24, 16)
+
+
+def test_a_file_that_is_not_a_cascade_checkpoint_is_refused(tmp_path, write_case, capsys) -> None:
+    write_case(tmp_path / "data", case_id="A")
+    foreign = tmp_path / "model.ckpt"
+    foreign.write_bytes(b"\x80\x04not a checkpoint")
+    assert predict(_args(foreign, tmp_path / "data", tmp_path / "seg")) == 2
+    assert "model.ckpt" in capsys.readouterr().out
+    assert not (tmp_path / "seg").exists()
