@@ -20,6 +20,10 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     )
     os.close(handle)
     temporary = Path(temporary)
+    # mkstemp creates 0600; outputs get the permissions a plain open() would give them
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     try:
         yield temporary
         os.replace(temporary, target)
