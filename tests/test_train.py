@@ -179,3 +179,16 @@ def test_an_interrupted_stage2_fit_resumes_from_its_checkpoint(smoke_run) -> Non
     assert resumed.first == 2 * steps_per_epoch  # resumed after the two finished epochs
     assert resumed.last == 3 * steps_per_epoch
     assert (folder / "stage2.pt").exists()
+
+
+def test_two_ddp_ranks_share_one_run_folder_and_rank_zero_writes(tmp_path) -> None:
+    """Lightning re-launches rank 1 by re-running the command; it must join the same job."""
+    run = tmp_path / "run"
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+    result = train(*TINY, *ddp, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text()).keys() >= METRIC_KEYS
+    # one run folder for both ranks: no second timestamped folder, rank 1 logged into this one
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "run"]
+    assert (run / "ddp_rank_1.log").exists()
+    assert len(list(run.glob("cascade.ckpt"))) == 1

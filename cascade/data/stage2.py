@@ -260,8 +260,11 @@ class Stage2DataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         world_size, rank = self._world()
-        # each rank validates its own cases; RegionDice sums over ranks
-        volumes = CaseVolumes(self.store, self.val_ids[rank::world_size], self.prior_tag)
+        # each rank validates its own cases and RegionDice sums over ranks; like
+        # DistributedSampler, the list is padded by repeating cases so that every rank runs the
+        # same number of steps (DDP needs it) and none is empty
+        padded = self.val_ids + self.val_ids[: -len(self.val_ids) % world_size]
+        volumes = CaseVolumes(self.store, padded[rank::world_size], self.prior_tag)
         return DataLoader(
             volumes,
             batch_size=1,

@@ -116,7 +116,7 @@ def stage2_folder(
 ) -> Path:
     return stage_folder(
         cfg, "stage2", prior_tag, cfg.preprocessing, cfg.data.stage2, cfg.model.stage2,
-        cfg.model.mix, cfg.model.loss, cfg.model.optimizer, cfg.model.scheduler,
+        cfg.model.mix, cfg.model.alpha_lr, cfg.model.loss, cfg.model.optimizer, cfg.model.scheduler,
         cfg.model.inference, trainer_settings(cfg, "stage2"), cfg.seed, train_ids, val_ids,
     )  # fmt: skip
 
@@ -211,6 +211,7 @@ def fit_stage2(
         patch_size=list(cfg.data.stage2.patch_size),
         overlap=cfg.model.inference.overlap,
         window_batch_size=cfg.model.inference.window_batch_size,
+        alpha_lr=cfg.model.alpha_lr,
     )
     loading = _plain(cfg.data.stage2)
     perturbation = instantiate(loading.pop("perturbation")) if loading.get("perturbation") else None
