@@ -33,7 +33,8 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
     rows = {row["name"]: row for section in sections.values() for row in section.get("rows", [])}
     assert rows["PreprocessCache.build, 1 torch thread(s)"]["s/case"] > 0
     loaders = [row for name, row in rows.items() if name.startswith("Stage-2 patches")]
-    assert len(loaders) == 3 and all(row["items/s"] > 0 for row in loaders)
+    # Stage 1 and Stage 2 at the configured and at 2 workers (one row when they are the same)
+    assert len(loaders) >= 3 and all(row["items/s"] > 0 for row in loaders)
     steps = {row["name"]: row for row in sections["3. Training step per stage"]["rows"]}
     step = steps["Stage 2 AttentionUNet3d smoke"]
     assert step["ms/step"] > 0 and step["samples/s"] > 0
