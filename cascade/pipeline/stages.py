@@ -214,7 +214,8 @@ def fit_stage2(
         alpha_lr=cfg.model.alpha_lr,
     )
     loading = _plain(cfg.data.stage2)
-    perturbation = instantiate(loading.pop("perturbation")) if loading.get("perturbation") else None
+    perturbation = loading.pop("perturbation", None)  # null switches it off
+    perturbation = instantiate(perturbation) if perturbation else None
     datamodule = Stage2DataModule(
         cache, train_ids, val_ids, prior_tag, **loading, perturbation=perturbation, seed=cfg.seed
     )
