@@ -343,6 +343,7 @@ def stage2_breakdown(
 def _profile_text(profile: cProfile.Profile, lines: int) -> str:
     stream = io.StringIO()
     stats = pstats.Stats(profile, stream=stream)
+    stats.strip_dirs()  # file names only: the report must not depend on where it ran
     stats.sort_stats("tottime").print_stats(lines)
     text = stream.getvalue()
     # keep the table, drop the header lines about the profile itself

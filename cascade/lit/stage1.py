@@ -12,6 +12,7 @@ from torch.nn import Parameter
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from cascade.lit.optim import optimizer_with_schedule
 from cascade.metrics import RegionDice
 
 
@@ -64,11 +65,4 @@ class Stage1Module(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = self.scheduler_factory(optimizer, total_steps)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
+        return optimizer_with_schedule(self, optimizer, self.scheduler_factory)

@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 
 from cascade.data.labels import NUM_CLASSES
 from cascade.inference.sliding import sliding_window_predict
+from cascade.lit.optim import optimizer_with_schedule
 from cascade.metrics import RegionDice
 from cascade.nn.residual_mix import LearnableResidualMix
 
@@ -116,11 +117,4 @@ class Stage2Module(L.LightningModule):
         if self.alpha_lr is not None:
             alpha_group["lr"] = self.alpha_lr
         optimizer = self.optimizer_factory([{"params": list(self.net.parameters())}, alpha_group])
-        if self.scheduler_factory is None:
-            return optimizer
-        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = self.scheduler_factory(optimizer, total_steps)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
+        return optimizer_with_schedule(self, optimizer, self.scheduler_factory)
