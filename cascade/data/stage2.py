@@ -22,6 +22,7 @@ import torchio as tio
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from cascade.data.batch_augmentation import BatchAugmentation
 from cascade.data.prior_perturbation import PriorPerturbation
 
 
@@ -54,7 +55,8 @@ def load_case(store: CaseStore, case_id: str, prior_tag: str) -> dict[str, Tenso
 
 class RandomIntensityScaleShift(tio.Transform):
     """Per channel, multiply the image `image_name` by U(1 - scale, 1 + scale) and add
-    U(-shift, shift) inside the brain (non-zero voxels); other images are untouched."""
+    U(-shift, shift) inside the brain (non-zero voxels); other images are untouched.
+    Stage2DataModule does this per batch instead (BatchAugmentation); the bench compares both."""
 
     def __init__(self, scale: float, shift: float, image_name: str = "image", **kwargs) -> None:
         super().__init__(**kwargs)
@@ -160,10 +162,11 @@ class Stage2DataModule(L.LightningDataModule):
     label_probabilities: class -> relative chance that a patch is centred on that class
     (a mapping, or a list indexed by class).
     samples_per_volume patches per loaded case; queue_length patches kept in memory;
-    num_workers load and augment cases inside the queue (the patch loader itself has none).
-    perturbation (training only; its copy flag is turned off) damages the prior before the
-    flips; flips act on image, prior and label alike, the intensity scale/shift only on the
-    image. One validation case per batch, cases split between ranks.
+    num_workers load cases and perturb their priors inside the queue (the patch loader itself
+    has none). perturbation (training only; its copy flag is turned off) damages the prior of
+    each loaded case. Flips (image, prior and label alike) and the intensity scale/shift (image
+    only) act on whole training batches once they are on the device: `batch_augmentation`, run
+    by on_after_batch_transfer. One validation case per batch, cases split between ranks.
     """
 
     def __init__(
@@ -207,6 +210,7 @@ class Stage2DataModule(L.LightningDataModule):
         self.intensity_shift = intensity_shift
         self.perturbation = perturbation
         self.seed = seed
+        self.batch_augmentation = BatchAugmentation(flip_axes, intensity_scale, intensity_shift)
         self.subject_sampler: DistributedSampler | None = None
 
     def _world(self) -> tuple[int, int]:
@@ -217,18 +221,20 @@ class Stage2DataModule(L.LightningDataModule):
         return trainer.world_size, trainer.global_rank
 
     def train_transform(self) -> tio.Compose:
-        """Per-subject training transform; copy=False: each subject is built fresh per load."""
+        """Per-subject training transform (the prior perturbation); copy=False: each subject is
+        built fresh per load. Flips and intensity come later, per batch."""
         transforms: list[tio.Transform] = []
         if self.perturbation is not None:
             self.perturbation.copy = False
             transforms.append(self.perturbation)
-        if self.flip_axes:
-            transforms.append(tio.RandomFlip(axes=self.flip_axes, flip_probability=0.5, copy=False))
-        if self.intensity_scale > 0 or self.intensity_shift > 0:
-            transforms.append(
-                RandomIntensityScaleShift(self.intensity_scale, self.intensity_shift, copy=False)
-            )
         return tio.Compose(transforms, copy=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Flips and intensity scale/shift on training batches, already on the device."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.training:
+            return batch
+        return self.batch_augmentation(batch)
 
     def train_dataloader(self) -> DataLoader:
         world_size, rank = self._world()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 
+from cascade.data.batch_augmentation import BatchAugmentation
 from cascade.data.prior_perturbation import PriorPerturbation
 from cascade.data.stage2 import CaseSubjects, QueueSampler, Stage2DataModule
 
@@ -175,3 +177,68 @@ def test_mismatched_prior_is_reported_with_the_case() -> None:
     subjects = CaseSubjects(store, ["case00"], "tag1")
     with pytest.raises(ValueError, match="case00"):
         subjects[0]
+
+
+def test_queue_transform_keeps_only_the_prior_perturbation() -> None:
+    datamodule = make_datamodule(MemoryStore(2))
+    transforms = datamodule.train_transform().transforms
+    assert transforms == [datamodule.perturbation]
+    assert isinstance(datamodule.batch_augmentation, BatchAugmentation)
+    assert datamodule.batch_augmentation.flip_axes == (0, 1, 2)
+    assert datamodule.batch_augmentation.intensity_scale == 0.1
+
+
+class _BatchRecorder(L.LightningModule):
+    """Tiny module that keeps the batches it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: dict[str, list[dict]] = {"train": [], "val": []}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.seen["train"].append(batch)
+        return self.weight * batch["image"].mean()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.seen["val"].append(batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_batches_are_augmented_in_training_only(tmp_path) -> None:
+    torch.manual_seed(0)
+    store = MemoryStore(4)
+    datamodule = make_datamodule(store, perturbation=None)
+    calls = []
+    augmentation = datamodule.batch_augmentation
+    datamodule.batch_augmentation = lambda batch: calls.append(batch) or augmentation(batch)
+    module = _BatchRecorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        num_sanity_val_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    assert len(module.seen["train"]) == len(calls) == 2
+    for seen, given in zip(module.seen["train"], calls, strict=True):
+        assert seen["image"].shape == given["image"].shape == (2, 4, *PATCH)
+        assert seen["label"].dtype == torch.uint8
+        assert not torch.equal(seen["image"], given["image"])  # intensity always acts
+    # sanity check + one validation epoch, both with the clean cached volumes
+    assert len(module.seen["val"]) == 2
+    clean = torch.from_numpy(store.cases["case03"][0])
+    for batch in module.seen["val"]:
+        assert torch.equal(batch["image"][0], clean)
+    # used on its own (no trainer), the hook changes nothing
+    alone = make_datamodule(store)
+    batch = next(iter(alone.train_dataloader()))
+    assert alone.on_after_batch_transfer(batch, 0) is batch
