@@ -6,14 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cascade.nn.blocks import ConvBlock, crop_spatial, pad_to_multiple
-
-
-class Down(nn.Sequential):
-    """Halve the resolution (2x2x2 max-pool), then a ConvBlock."""
-
-    def __init__(self, in_channels: int, out_channels: int, norm: str, activation: str) -> None:
-        super().__init__(nn.MaxPool3d(2), ConvBlock(3, in_channels, out_channels, norm, activation))
+from cascade.nn.blocks import ConvBlock
+from cascade.nn.unet import UNet
 
 
 class AttentionGate(nn.Module):
@@ -58,7 +52,7 @@ class GatedUp(nn.Module):
         return self.block(torch.cat([self.gate(skip, x), self.upsample(x)], dim=1))
 
 
-class AttentionUNet3d(nn.Module):
+class AttentionUNet3d(UNet):
     """3D U-Net with `depth` resolution levels (level i: filters * 2**i channels) and an
     attention gate on each of its depth - 1 skips.
 
@@ -75,38 +69,12 @@ class AttentionUNet3d(nn.Module):
         norm: str,
         activation: str,
     ) -> None:
-        super().__init__()
-        if depth < 2 or filters < 1:
-            raise ValueError(
-                f"AttentionUNet3d: need depth >= 2 and filters >= 1, got {depth}, {filters}"
-            )
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.depth = depth
-        widths = [filters * 2**level for level in range(depth)]
-        self.stem = ConvBlock(3, in_channels, widths[0], norm, activation)
-        self.downs = nn.ModuleList(
-            Down(wider_in, wider_out, norm, activation)
-            for wider_in, wider_out in zip(widths[:-1], widths[1:], strict=True)
+        # depth >= 2: at least one skip, so at least one gate
+        super().__init__(
+            3, in_channels, num_classes, filters, depth, norm, activation, GatedUp, min_depth=2
         )
-        self.ups = nn.ModuleList(
-            GatedUp(deeper, shallower, norm, activation)
-            for deeper, shallower in zip(widths[:0:-1], widths[-2::-1], strict=True)
-        )
-        self.head = nn.Conv3d(widths[0], num_classes, kernel_size=1)
 
     @property
     def gates(self) -> list[AttentionGate]:
         """The attention gates, deepest first (one per skip)."""
         return [up.gate for up in self.ups]
-
-    def forward(self, x: Tensor) -> Tensor:
-        x, shape = pad_to_multiple(x, 2 ** (self.depth - 1))
-        x = self.stem(x)
-        skips = []
-        for down in self.downs:
-            skips.append(x)
-            x = down(x)
-        for up, skip in zip(self.ups, reversed(skips), strict=True):
-            x = up(x, skip)
-        return crop_spatial(self.head(x), shape)
