@@ -140,6 +140,22 @@ def uncrop(
     return restored
 
 
+def _masked_values(
+    subject: tio.Subject, image_name: str, mask: torch.Tensor, purpose: str
+) -> tuple[tio.ScalarImage, np.ndarray, np.ndarray, np.ndarray]:
+    """(image, float32 copy of its data, mask as numpy, the masked values); error if empty."""
+    image = subject.get_scalar_image(image_name)
+    array = image.data.numpy().astype(np.float32)  # always a fresh copy we may modify
+    inside = mask.numpy()
+    values = array[inside]
+    if values.size == 0:
+        raise RuntimeError(
+            f"{_describe(image, image_name)}: brain mask of {image_name} is empty, "
+            f"cannot {purpose} (all-zero image?)"
+        )
+    return image, array, inside, values
+
+
 class PercentileClip(NormalizationTransform):
     """Clip intensities inside the mask to its [lower, upper] percentiles; outside is untouched.
 
@@ -169,15 +185,7 @@ class PercentileClip(NormalizationTransform):
     def apply_normalization(
         self, subject: tio.Subject, image_name: str, mask: torch.Tensor
     ) -> None:
-        image = subject.get_scalar_image(image_name)
-        array = image.data.numpy().astype(np.float32)  # always a fresh copy we may modify
-        inside = mask.numpy()
-        values = array[inside]
-        if values.size == 0:
-            raise RuntimeError(
-                f"{_describe(image, image_name)}: brain mask of {image_name} is empty, "
-                "cannot compute clipping percentiles (all-zero image?)"
-            )
+        image, array, inside, values = _masked_values(subject, image_name, mask, "clip")
         low, high = _percentiles(values, (self.lower, self.upper))
         np.copyto(array, np.clip(array, low, high), where=inside)
         image.set_data(torch.from_numpy(array))
@@ -198,15 +206,7 @@ class RobustZNormalization(NormalizationTransform):
     def apply_normalization(
         self, subject: tio.Subject, image_name: str, mask: torch.Tensor
     ) -> None:
-        image = subject.get_scalar_image(image_name)
-        array = image.data.numpy().astype(np.float32)
-        inside = mask.numpy()
-        deviations = array[inside]
-        if deviations.size == 0:
-            raise RuntimeError(
-                f"{_describe(image, image_name)}: brain mask of {image_name} is empty, "
-                "cannot normalise (all-zero image?)"
-            )
+        image, array, inside, deviations = _masked_values(subject, image_name, mask, "normalise")
         (median,) = _percentiles(deviations, (50.0,))
         np.abs(np.subtract(deviations, median, out=deviations), out=deviations)
         (mad,) = _percentiles(deviations, (50.0,))

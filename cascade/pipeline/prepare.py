@@ -20,7 +20,7 @@ class DataError(RuntimeError):
 
 
 def prepare_cases(data: DictConfig) -> list[Case]:
-    """Discover (and for synthetic data first generate) the cases, and check every one of them."""
+    """Discover (and for synthetic data first generate) the cases; all must be labelled."""
     root = Path(data.root)
     if data.get("synthetic"):
         synthetic = data.synthetic
@@ -29,17 +29,6 @@ def prepare_cases(data: DictConfig) -> list[Case]:
         cases = discover_cases(root)
     except CaseError as error:
         raise DataError(str(error)) from None
-    problems = []
-    for case in cases:
-        try:
-            validate_case(case)
-        except CaseError as error:
-            problems.append(str(error))
-    if problems:
-        raise DataError(
-            f"{len(problems)} bad case(s) under {root} (python -m cascade.check lists them):\n"
-            + "\n".join(problems)
-        )
     unlabelled = [case.case_id for case in cases if case.label is None]
     if unlabelled:
         raise DataError(f"{root}: training needs labels; unlabelled: {', '.join(unlabelled[:5])}")
@@ -61,8 +50,28 @@ def prepare_split(
     return train, val
 
 
+def check_cases(cases: list[Case]) -> None:
+    """Validate cases (readable, one grid, finite, labels in convention); list every bad one."""
+    problems = []
+    for case in cases:
+        try:
+            validate_case(case)
+        except CaseError as error:
+            problems.append(str(error))
+    if problems:
+        raise DataError(
+            f"{len(problems)} bad case(s) (python -m cascade.check lists them):\n"
+            + "\n".join(problems)
+        )
+
+
 def prepare_cache(cases: list[Case], preprocessing: DictConfig, cache_dir: Path) -> PreprocessCache:
-    """Preprocess every case once (crop, clip, robust z-score) into the memory-mapped cache."""
+    """Preprocess every case once (crop, clip, robust z-score) into the memory-mapped cache.
+
+    Only cases not cached yet are validated: a cached case was checked when it was stored, and
+    re-reading a whole dataset on every run (and on every DDP rank) costs minutes.
+    """
     cache = PreprocessCache(cache_dir, OmegaConf.to_container(preprocessing, resolve=True))
+    check_cases([case for case in cases if not cache.is_complete(case.case_id)])
     cache.build(cases)
     return cache
