@@ -25,12 +25,12 @@ from cascade.bench import fast_loading, inference, loading, networks
 from cascade.bench.measure import compose, machine, median, time_calls
 from cascade.bench.report import write_report
 
-SECTIONS = ("preprocessing", "loading", "networks", "inference", "profile")
+SECTIONS = ("preprocessing", "loading", "networks", "inference", "profile", "compile")
 PRIOR_TAG = "bench"
 
 # Reduced sizes where no GPU is present, so a step takes seconds, not minutes.
 CPU_SIZES = networks.StepSizes(8, (128, 128), 2, (48, 48, 48), (64, 64, 64), "CPU-reduced")
-QUICK_SIZES = networks.StepSizes(2, (64, 64), 2, (32, 32, 32), (32, 32, 32), "quick (tiny)")
+QUICK_SIZES = networks.StepSizes(2, (64, 64), 2, (32, 32, 32), (64, 64, 64), "quick (tiny)")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -42,7 +42,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
     )
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=[section for section in SECTIONS if section != "compile"],
+        help="compile (torch.compile of the Stage-2 step) runs only when named",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. seed=1")
     return parser.parse_args(argv)
 
@@ -65,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         sizes = QUICK_SIZES if quick else CPU_SIZES
     repeats, warmup = (10, 3) if device.type == "cuda" else (1, 1) if quick else (2, 1)
+    # as the Trainer does with the same setting
+    torch.backends.cudnn.benchmark = bool(cfg.trainer.benchmark)
     notes = [
         f"synthetic cases of {'x'.join(map(str, cfg.data.synthetic.shape))} voxels "
         "(cascade.data.synthetic), read from .nii.gz and cached as the training run does",
@@ -76,6 +84,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             "growth (CPU) or counted on the meta device (analytic)"
         )
 
+    command = shlex.join(
+        ["python", "-m", "cascade.bench", *(sys.argv[1:] if argv is None else argv)]
+    )
+
+    def report(sections: dict[str, dict]) -> None:
+        """(Re)write the report after each section: a run cut short keeps what it measured."""
+        header = {
+            "command": command,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "mode": "quick" if quick else "full" if args.full else "default",
+            "machine": machine(),
+            "load_start": load_start,
+            "load_end": os.getloadavg()[0],
+            "seconds": time.perf_counter() - started,
+            "notes": notes,
+        }
+        write_report(args.out, header, sections)
+
     sections: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="cascade-bench-") as temporary:
         workdir = args.workdir or Path(temporary)
@@ -83,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         cases = loading.synthetic_cases(cfg, workdir / "raw", case_count)
         generation = time.perf_counter() - start
-        needs_cache = set(args.sections) - {"preprocessing", "networks"}
+        needs_cache = set(args.sections) - {"preprocessing", "networks", "compile"}
         cache = loading.build_cache(cfg, cases, workdir / "cache") if needs_cache else None
         if cache is not None:
             loading.write_priors(cache, cache.case_ids(), PRIOR_TAG, cfg.seed)
@@ -100,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 },
             )
             sections["1. Preprocessing and caching per case (CPU)"] = {"rows": rows}
+            report(sections)
 
         if "loading" in args.sections:
             stage1 = sorted({2, cfg.data.stage1.num_workers})
@@ -114,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "cache; a full dataset read from disk is slower.",
                 "rows": rows,
             }
+            report(sections)
 
         if "networks" in args.sections:
             rows = networks.network_rows(experiments, sizes, device, repeats, warmup, True)
@@ -128,42 +156,57 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "between the fp32 and fp16 columns.",
                 "rows": networks.memory_rows(paper),
             }
+            report(sections)
 
         if "inference" in args.sections:
-            case = cases[0]
-            variants = [(True, False), (False, False)] + ([] if quick else [(True, True)])
-            rows = inference.inference_rows(smoke, "smoke", case, cache, device, 1, variants)
-            if args.full:
-                full = [(True, False), (False, False)]
-                rows += inference.inference_rows(
-                    experiments[names[-1]], names[-1], case, cache, device, 1, full
-                )
-            sections["4. Inference per case (CascadePredictor timings)"] = {
-                "note": "Untrained nets find no tumor, so the Stage-2 region is forced to the "
-                "case's true tumor box plus roi_margin (the predictor's `roi` argument).",
-                "rows": rows,
-            }
+            sections["4. Inference per case (CascadePredictor timings)"] = _inference(
+                smoke, experiments[names[-1]], names[-1], cases[0], cache, device, quick, args.full
+            )
+            report(sections)
 
         if "profile" in args.sections:
             sections["5. Profiles of the hot paths"] = _profiles(
                 cfg, experiments[names[0]], smoke, cache, sizes, device, quick
             )
+            report(sections)
 
-    header = {
-        "command": shlex.join(["python", "-m", "cascade.bench", *sys.argv[1:]])
-        if argv is None
-        else shlex.join(["python", "-m", "cascade.bench", *argv]),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "mode": "quick" if quick else "full" if args.full else "default",
-        "machine": machine(),
-        "load_start": load_start,
-        "load_end": os.getloadavg()[0],
-        "seconds": time.perf_counter() - started,
-        "notes": notes,
-    }
-    write_report(args.out, header, sections)
+        if "compile" in args.sections:
+            sections["6. torch.compile"] = {
+                "note": "The same Stage-2 step eager and compiled; 'first step s' includes "
+                "the compilation.",
+                "rows": networks.compile_rows(
+                    experiments[names[-1]], names[-1], sizes, device, repeats, warmup
+                ),
+            }
+            report(sections)
+
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
     return 0
+
+
+def _inference(smoke, experiment, name, case, cache, device, quick: bool, full: bool) -> dict:
+    """The cascade's per-case timings (small nets on the CPU, the configured ones on a GPU or
+    with --full) and nnU-Net's network over the whole case."""
+    cuda = device.type == "cuda"
+    rows = []
+    if not cuda:
+        variants = [(True, False), (False, False)] + ([] if quick else [(True, True)])
+        rows += inference.inference_rows(smoke, "smoke", case, cache, device, 1, variants)
+    if cuda or full:
+        variants = [(True, False), (False, False)] + ([(True, True)] if cuda else [])
+        repeats = 3 if cuda else 1
+        rows += inference.inference_rows(experiment, name, case, cache, device, repeats, variants)
+    if not quick and networks.installed("dynamic_network_architectures"):
+        fp16 = str(experiment.trainer.precision).startswith("16")
+        tta = (False, True) if cuda else (False,)
+        rows += inference.nnunet_window_rows(cache, case.case_id, device, fp16, tta)
+    return {
+        "note": "Untrained nets find no tumor, so the Stage-2 region is forced to the case's "
+        "true tumor box plus roi_margin (the predictor's `roi` argument). 'network s' is "
+        "Stage 1 + Stage 2 (the cascade) or the sliding window alone (nnU-Net); reading and "
+        "preprocessing are the same for both.",
+        "rows": rows,
+    }
 
 
 def _profiles(cfg, experiment, smoke, cache, sizes, device, quick) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,7 @@ from cascade.bench.measure import (
     median,
     parameter_count,
     saved_activation_bytes,
+    synchronize,
     time_calls,
 )
 from cascade.data.labels import NUM_CLASSES
@@ -66,12 +69,17 @@ class TrainStep:
         fp16: bool,
         mix: nn.Module | None = None,
         channels_last: bool = False,
+        compiled: bool = False,
     ) -> None:
         self.fp16 = fp16 and device.type == "cuda"
-        self.channels_last = channels_last
-        self.net = net.to(device)
-        if channels_last:
-            self.net.to(memory_format=torch.channels_last_3d)
+        # channels-last for the input's rank: (B, C, H, W) or (B, C, X, Y, Z)
+        self.memory_format = (
+            (torch.channels_last if inputs.dim() == 4 else torch.channels_last_3d)
+            if channels_last
+            else torch.contiguous_format
+        )
+        self.net = net.to(device, memory_format=self.memory_format)
+        self.forward = torch.compile(self.net) if compiled else self.net
         self.mix = mix.to(device) if mix is not None else None
         self.loss = loss.to(device)
         parameters = list(self.net.parameters())
@@ -79,16 +87,14 @@ class TrainStep:
             parameters += list(self.mix.parameters())
         self.optimizer = optimizer(parameters)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.fp16)
-        self.inputs = inputs.to(device)
-        if channels_last:
-            self.inputs = self.inputs.contiguous(memory_format=torch.channels_last_3d)
+        self.inputs = inputs.to(device).contiguous(memory_format=self.memory_format)
         self.target = target.to(device)
         self.device = device
 
     def __call__(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
-            logits = self.net(self.inputs)
+            logits = self.forward(self.inputs)
         probabilities = torch.softmax(logits.float(), dim=1)
         if self.mix is not None:  # Stage 2: the last NUM_CLASSES input channels are the prior
             prior = self.inputs[:, -NUM_CLASSES:].float()
@@ -118,10 +124,14 @@ def measure_step(
     setting: str,
     mix: bool = False,
     channels_last: bool = False,
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """Median step time, samples/s, voxels/s and peak memory of one configuration."""
     fp16 = str(cfg.trainer.precision).startswith("16")
     torch.manual_seed(0)
+    gc.collect()  # the previous configuration's tensors must not count in this one's peak
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     memory = PeakMemory(device)
     with memory.measure():
         net = build()
@@ -138,8 +148,13 @@ def measure_step(
             fp16,
             mix=instantiate(cfg.model.mix) if mix else None,
             channels_last=channels_last,
+            compiled=compiled,
         )
-        seconds = time_calls(step, repeats, warmup, device)
+        start = time.perf_counter()
+        step()  # the first step pays for cuDNN autotuning and, when compiled, compilation
+        synchronize(device)
+        first_step_s = time.perf_counter() - start
+        seconds = time_calls(step, repeats, max(warmup - 1, 0), device)
     step_s = median(seconds)
     voxels = batch * int(torch.tensor(spatial).prod())
     precision = "16-mixed" if step.fp16 else "fp32"
@@ -159,8 +174,20 @@ def measure_step(
         "ms/step": 1e3 * step_s,
         "samples/s": batch / step_s,
         "Mvoxel/s": voxels / step_s / 1e6,
+        "first step s": first_step_s,
         **memory_columns,
     }
+
+
+def guarded(name: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One row, or a row saying why it failed (out of memory, say), so the others still run."""
+    try:
+        return measure()
+    except (RuntimeError, ValueError, ImportError) as error:  # CUDA OOM is a RuntimeError
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        message = str(error).splitlines()[0] if str(error) else ""
+        return {"name": name, "setting": f"failed: {type(error).__name__}: {message[:160]}"}
 
 
 def _in_channels(net: nn.Module) -> int:
@@ -211,27 +238,41 @@ def monai_attention_unet(cfg_net: DictConfig) -> Callable[[], nn.Module]:
     )
 
 
-def nnunet_plain_unet(in_channels: int, num_classes: int) -> Callable[[], nn.Module]:
-    """dynamic_network_architectures' PlainConvUNet as nnU-Net plans it for BraTS."""
+def plain_conv_unet(
+    in_channels: int, num_classes: int, features: Sequence[int], dims: int
+) -> Callable[[], nn.Module]:
+    """dynamic_network_architectures' PlainConvUNet with nnU-Net's settings (two convolutions
+    per stage, instance norm, leaky ReLU), in 2D or 3D."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-    stages = len(NNUNET_FEATURES)
+    stages = len(features)
     return lambda: PlainConvUNet(
         input_channels=in_channels,
         n_stages=stages,
-        features_per_stage=NNUNET_FEATURES,
-        conv_op=nn.Conv3d,
+        features_per_stage=list(features),
+        conv_op=nn.Conv2d if dims == 2 else nn.Conv3d,
         kernel_sizes=3,
         strides=(1,) + (2,) * (stages - 1),
         n_conv_per_stage=2,
         num_classes=num_classes,
         n_conv_per_stage_decoder=2,
         conv_bias=True,
-        norm_op=nn.InstanceNorm3d,
+        norm_op=nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d,
         norm_op_kwargs={"eps": 1e-5, "affine": True},
         nonlin=nn.LeakyReLU,
         nonlin_kwargs={"inplace": True},
     )
+
+
+def nnunet_plain_unet(in_channels: int, num_classes: int) -> Callable[[], nn.Module]:
+    """PlainConvUNet as nnU-Net plans it for BraTS (3D full resolution)."""
+    return plain_conv_unet(in_channels, num_classes, NNUNET_FEATURES, dims=3)
+
+
+def plain_unet_2d(cfg_net: DictConfig) -> Callable[[], nn.Module]:
+    """A plain 2D U-Net (nnU-Net's PlainConvUNet) of our Stage-1 net's width and depth."""
+    features = [cfg_net.filters * 2**level for level in range(cfg_net.depth)]
+    return plain_conv_unet(cfg_net.in_channels, cfg_net.num_classes, features, dims=2)
 
 
 def installed(module: str) -> bool:
@@ -248,93 +289,127 @@ def network_rows(
     warmup: int,
     baselines: bool,
 ) -> list[dict[str, Any]]:
-    """Training steps of Stage 1 and Stage 2 per experiment, then the baselines."""
-    rows = []
+    """Training steps of Stage 1 and Stage 2 per experiment, then the baselines; on a GPU also
+    channels-last variants and a full-volume step (the memory the cascade avoids)."""
+    cuda = device.type == "cuda"
+    layouts = (False, True) if cuda else (False,)
     label = sizes.label
-    for name, cfg in experiments.items():
+    rows = []
+
+    def step(name, build, cfg, batch, spatial, setting=label, **options) -> None:
+        suffix = ", channels_last" if options.get("channels_last") else ""
         rows.append(
-            measure_step(
+            guarded(
+                name + suffix,
+                lambda: measure_step(
+                    name + suffix,
+                    build,
+                    cfg,
+                    batch,
+                    spatial,
+                    device,
+                    repeats,
+                    warmup,
+                    setting,
+                    **options,
+                ),
+            )
+        )
+
+    stage1 = (sizes.stage1_batch, sizes.stage1_plane)
+    stage2 = (sizes.stage2_batch, sizes.stage2_patch)
+    for name, cfg in experiments.items():
+        for channels_last in layouts:
+            step(
                 f"Stage 1 UNet2d {name}",
                 lambda cfg=cfg: instantiate(cfg.model.stage1),
                 cfg,
-                sizes.stage1_batch,
-                sizes.stage1_plane,
-                device,
-                repeats,
-                warmup,
-                label,
+                *stage1,
+                channels_last=channels_last,
             )
-        )
-        rows.append(
-            measure_step(
+        for channels_last in layouts:
+            step(
                 f"Stage 2 AttentionUNet3d {name}",
                 lambda cfg=cfg: instantiate(cfg.model.stage2),
                 cfg,
-                sizes.stage2_batch,
-                sizes.stage2_patch,
-                device,
-                repeats,
-                warmup,
-                label,
+                *stage2,
                 mix=True,
+                channels_last=channels_last,
             )
-        )
-        if device.type == "cuda":
-            rows.append(
-                measure_step(
-                    f"Stage 2 AttentionUNet3d {name}, channels_last_3d",
-                    lambda cfg=cfg: instantiate(cfg.model.stage2),
-                    cfg,
-                    sizes.stage2_batch,
-                    sizes.stage2_patch,
-                    device,
-                    repeats,
-                    warmup,
-                    label,
-                    mix=True,
-                    channels_last=True,
-                )
-            )
-    if not baselines:
-        return rows
     cfg = list(experiments.values())[-1]
     name = list(experiments)[-1]
+    if cuda:  # a whole volume per step: fits a large GPU only
+        step(
+            f"Full-volume AttentionUNet3d {name}",
+            lambda: instantiate(cfg.model.stage2),
+            cfg,
+            1,
+            FULL_VOLUME,
+            "whole 240x240x155 volume padded",
+            mix=True,
+        )
+    if not baselines:
+        return rows
+    if installed("dynamic_network_architectures"):
+        for channels_last in layouts:
+            step(
+                f"plain 2D U-Net (PlainConvUNet) {name} width",
+                plain_unet_2d(cfg.model.stage1),
+                cfg,
+                *stage1,
+                channels_last=channels_last,
+            )
     if installed("monai"):
-        for channels_last in (False, True):
-            rows.append(
-                measure_step(
-                    f"MONAI AttentionUnet {name} width"
-                    + (", channels_last_3d" if channels_last else ""),
-                    monai_attention_unet(cfg.model.stage2),
-                    cfg,
-                    sizes.stage2_batch,
-                    sizes.stage2_patch,
-                    device,
-                    repeats,
-                    warmup,
-                    label,
-                    mix=True,
-                    channels_last=channels_last,
-                )
+        for channels_last in layouts if cuda else (False, True):
+            step(
+                f"MONAI AttentionUnet {name} width",
+                monai_attention_unet(cfg.model.stage2),
+                cfg,
+                *stage2,
+                mix=True,
+                channels_last=channels_last,
             )
     else:
         rows.append({"name": "MONAI AttentionUnet", "setting": "not installed (extra: bench)"})
     if installed("dynamic_network_architectures"):
-        rows.append(
-            measure_step(
-                "nnU-Net PlainConvUNet (6 stages, 32..320)",
-                nnunet_plain_unet(cfg.model.stage2.in_channels - NUM_CLASSES, NUM_CLASSES),
-                cfg,
-                NNUNET_BATCH,
-                sizes.nnunet_patch,
-                device,
-                repeats,
-                warmup,
-                label + (" (nnU-Net plans 128^3)" if sizes.nnunet_patch != NNUNET_PATCH else ""),
-            )
+        step(
+            "nnU-Net PlainConvUNet (6 stages, 32..320)",
+            nnunet_plain_unet(cfg.model.stage2.in_channels - NUM_CLASSES, NUM_CLASSES),
+            cfg,
+            NNUNET_BATCH,
+            sizes.nnunet_patch,
+            label + (" (nnU-Net plans 128^3)" if sizes.nnunet_patch != NNUNET_PATCH else ""),
         )
     else:
         rows.append({"name": "nnU-Net PlainConvUNet", "setting": "not installed (extra: bench)"})
+    return rows
+
+
+def compile_rows(
+    cfg: DictConfig, name: str, sizes: StepSizes, device: torch.device, repeats: int, warmup: int
+) -> list[dict[str, Any]]:
+    """The Stage-2 step eager and under torch.compile (first step = compilation)."""
+    rows = []
+    for compiled in (False, True):
+        row_name = f"Stage 2 AttentionUNet3d {name}" + (", torch.compile" if compiled else "")
+        rows.append(
+            guarded(
+                row_name,
+                lambda compiled=compiled, row_name=row_name: measure_step(
+                    row_name,
+                    lambda: instantiate(cfg.model.stage2),
+                    cfg,
+                    sizes.stage2_batch,
+                    sizes.stage2_patch,
+                    device,
+                    repeats,
+                    warmup,
+                    sizes.label,
+                    mix=True,
+                    compiled=compiled,
+                ),
+            )
+        )
     return rows
 
 
