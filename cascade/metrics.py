@@ -58,8 +58,9 @@ def region_confusion(prediction: torch.Tensor, target: torch.Tensor) -> torch.Te
 
     inside = REGION_MEMBERSHIP.to(device=joint.device, dtype=joint.dtype)
     outside = 1 - inside
+    # masked sums, not einsum: CUDA has no integer matrix product, and the counts must stay exact
     counts = [
-        torch.einsum("bpt,rp,rt->br", joint, pred_side, true_side)
+        (joint[:, None] * (pred_side[:, :, None] * true_side[:, None, :])).sum(dim=(-2, -1))
         for pred_side, true_side in (
             (inside, inside),  # tp
             (inside, outside),  # fp
