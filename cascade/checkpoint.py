@@ -102,6 +102,7 @@ def build_predictor(
     tta: bool | None = None,
     fp16: bool = True,
     min_enhancing_voxels: int | None = None,
+    compile: bool = False,
 ):
     """A CascadePredictor with the checkpoint's settings (``tta`` None: the trained default)."""
     from cascade.data.transforms import build_preprocessing
@@ -130,4 +131,5 @@ def build_predictor(
             if min_enhancing_voxels is None
             else min_enhancing_voxels
         ),
+        compile=compile,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +21,9 @@ from cascade.inference.sliding import evaluated_region, sliding_window_predict
 from cascade.pipeline import model_settings
 
 
-def untrained_predictor(cfg: DictConfig, device: torch.device, tta: bool) -> CascadePredictor:
+def untrained_predictor(
+    cfg: DictConfig, device: torch.device, tta: bool, compile: bool = False
+) -> CascadePredictor:
     """The configured cascade with freshly initialised nets (speed does not depend on weights)."""
     torch.manual_seed(0)
     model = CascadeModel(
@@ -32,7 +33,7 @@ def untrained_predictor(cfg: DictConfig, device: torch.device, tta: bool) -> Cas
         settings=model_settings(cfg),
     )
     fp16 = str(cfg.trainer.precision).startswith("16")
-    return build_predictor(model, device, tta=tta, fp16=fp16)
+    return build_predictor(model, device, tta=tta, fp16=fp16, compile=compile)
 
 
 def truth_roi(cache: PreprocessCache, case_id: str, margin: int):
@@ -50,18 +51,22 @@ def inference_rows(
     device: torch.device,
     repeats: int,
     variants: Sequence[tuple[bool, bool]],
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Per-case seconds split into reading/preprocessing, Stage 1, Stage 2 and the rest.
 
-    variants: (roi_only, tta) pairs.
+    variants: (roi_only, tta) pairs. On a GPU a first, untimed case runs before (cuDNN tuning,
+    kernel loading and, with `compile`, the compilation): its total is 'first case s'.
     """
     roi = truth_roi(cache, case.case_id, cfg.model.inference.roi_margin)
     shape = cache.meta(case.case_id).original_shape
     rows = []
     for roi_only, tta in variants:
-        predictor = untrained_predictor(cfg, device, tta)
-        if device.type == "cuda":  # cuDNN tuning and kernel loading stay out of the timings
-            predictor.predict(case, roi_only=roi_only, roi=roi)
+        predictor = untrained_predictor(cfg, device, tta, compile)
+        first: dict[str, Any] = {}
+        if device.type == "cuda" or compile:
+            warmup = predictor.predict(case, roi_only=roi_only, roi=roi)
+            first = {"first case s": warmup.timings["total"]}
         timings = [
             predictor.predict(case, roi_only=roi_only, roi=roi).timings for _ in range(repeats)
         ]
@@ -72,13 +77,16 @@ def inference_rows(
             setting += ", Stage-2 box " + "x".join(str(stop - start) for start, stop in box)
         rows.append(
             {
-                "name": f"cascade {name}, Stage 2 on {region}" + (", 8x TTA" if tta else ""),
+                "name": f"cascade {name}, Stage 2 on {region}"
+                + (", 8x TTA" if tta else "")
+                + (", torch.compile" if compile else ""),
                 "setting": setting,
                 **{
                     f"{part} s": median([timing[part] for timing in timings])
                     for part in ("read_preprocess", "stage1", "stage2", "finish", "total")
                 },
                 "network s": median([timing["stage1"] + timing["stage2"] for timing in timings]),
+                **first,
             }
         )
     return rows
@@ -127,7 +135,8 @@ def nnunet_window_rows(
             )
 
         with torch.inference_mode():
-            seconds = time_calls(run, 1, 1 if device.type == "cuda" else 0, device)
+            cuda = device.type == "cuda"
+            seconds = time_calls(run, 3 if cuda else 1, 1 if cuda else 0, device)
         rows.append(
             {
                 "name": "nnU-Net PlainConvUNet, whole case" + (", 8x TTA" if tta else ""),
@@ -166,12 +175,11 @@ def window_overhead_rows(
         ("net + mix (CascadePredictor windows)", predictor._mixed_windows),
         ("windowing only (constant stand-in)", constant),
     ):
+        cuda = device.type == "cuda"  # a first, untimed pass tunes cuDNN for the window shape
         with torch.inference_mode():
-            start = time.perf_counter()
-            sliding_window_predict(function, **common)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
+            seconds = median(
+                time_calls(lambda f=function: sliding_window_predict(f, **common), 1, cuda, device)
+            )
         rows.append(
             {
                 "name": f"sliding window, {label}",

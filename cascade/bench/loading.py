@@ -15,18 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchio as tio
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
-from cascade.bench.fast_loading import PatchDataset
-from cascade.bench.measure import median
+from cascade.bench.measure import MIB, median
 from cascade.data.cache import PreprocessCache
 from cascade.data.cases import Case, discover_cases
 from cascade.data.labels import NUM_CLASSES
+from cascade.data.patches import PatchBatches, empty_patches
 from cascade.data.stage1 import Stage1DataModule
-from cascade.data.stage2 import CaseSubjects, Stage2DataModule
+from cascade.data.stage2 import Stage2DataModule
 from cascade.data.synthetic import write_dataset
 
 # Constructor arguments that only switch augmentation on; when conf/ does not (yet) give them,
@@ -128,18 +126,19 @@ def preprocessing_rows(
 
 
 def _loader_rate(loader, batches: int, count_key: str = "image") -> dict[str, float]:
-    """First-batch latency, and items/s over `batches` batches counted from the start
-    (worker start and queue fills included: a queue's first batch holds a whole fill)."""
+    """First-batch latency (workers starting), then items/s over the next `batches` batches:
+    the rate a training run sees, its persistent workers being started once per fit."""
     start = time.perf_counter()
-    items, first = 0, None
-    for index, batch in enumerate(loader):
+    iterator = iter(loader)
+    next(iterator)
+    first = time.perf_counter() - start
+    start, items = time.perf_counter(), 0
+    for index, batch in enumerate(iterator):
         items += batch[count_key].shape[0]
-        if first is None:
-            first = time.perf_counter() - start
         if index + 1 >= batches:
             break
     seconds = time.perf_counter() - start
-    return {"first batch s": first or 0.0, "items/s": items / seconds, "items": items}
+    return {"first batch s": first, "items/s": items / seconds, "items": items}
 
 
 def stage1_loader(
@@ -165,7 +164,11 @@ def stage2_loader(
     ids: Sequence[str],
     tag: str,
     num_workers: int,
+    patches_per_epoch: int | None = None,
+    perturbed: bool = True,
 ) -> tuple[Stage2DataModule, list[str]]:
+    """The configured Stage2DataModule on `ids`; `patches_per_epoch` overrides conf/'s epoch,
+    `perturbed=False` turns the prior perturbation off."""
     node = plain(cfg.data.stage2)
     runtime: dict[str, Any] = {
         "store": cache,
@@ -175,11 +178,15 @@ def stage2_loader(
         "num_workers": num_workers,
         "seed": cfg.seed,
     }
+    if patches_per_epoch is not None:
+        runtime["patches_per_epoch"] = patches_per_epoch
     probabilities = node.get("label_probabilities")
     if isinstance(probabilities, list):  # a list in conf/: class i -> probabilities[i]
         runtime["label_probabilities"] = dict(enumerate(probabilities))
     perturbation = cfg.data.stage2.get("perturbation")
-    if perturbation is not None and "_target_" in perturbation:
+    if not perturbed:
+        runtime["perturbation"] = None
+    elif perturbation is not None and "_target_" in perturbation:
         runtime["perturbation"] = instantiate(perturbation)
     kwargs, off = constructor_kwargs(Stage2DataModule, node, runtime)
     return Stage2DataModule(**kwargs), off
@@ -194,7 +201,8 @@ def loading_rows(
     stage1_batches: int,
     stage2_batches: int,
 ) -> list[dict[str, Any]]:
-    """Stage-1 slabs/s and Stage-2 patches/s of the configured DataModules."""
+    """Stage-1 slabs/s and Stage-2 patches/s of the configured training loaders (after their
+    first batch); for Stage 2 also without the prior perturbation, to show its share."""
     ids = cache.case_ids()
     shape = "x".join(str(size) for size in cfg.data.synthetic.shape)
     rows = []
@@ -213,130 +221,81 @@ def loading_rows(
                 "items": rate["items"],
             }
         )
-    # enough subjects for several queue fills: the few cases are repeated
     stage2 = cfg.data.stage2
-    per_fill = max(1, stage2.queue_length // stage2.samples_per_volume)
-    repeated = [ids[index % len(ids)] for index in range(3 * per_fill)]
-    for workers in stage2_workers:
-        datamodule, off = stage2_loader(cfg, cache, repeated, tag, workers)
+    patch = "x".join(str(size) for size in stage2.patch_size)
+    epoch = (stage2_batches + 1) * stage2.batch_size  # the timed batches after the first
+    variants = [(workers, True) for workers in stage2_workers] + [(min(stage2_workers), False)]
+    for workers, perturbed in variants:
+        datamodule, off = stage2_loader(cfg, cache, ids, tag, workers, epoch, perturbed)
         rate = _loader_rate(datamodule.train_dataloader(), stage2_batches)
-        patch = "x".join(str(size) for size in stage2.patch_size)
+        perturbation = datamodule.perturbation
         rows.append(
             {
-                "name": f"Stage-2 patches (tio.Queue), {workers} workers",
-                "setting": f"{len(ids)} cases {shape}, patch {patch}, batch {stage2.batch_size}, "
-                f"queue {stage2.queue_length}, {stage2.samples_per_volume}/volume"
+                "name": f"Stage-2 patches, {workers} workers"
+                + ("" if perturbed else ", no prior perturbation"),
+                "setting": f"{len(ids)} cases {shape}, patch {patch}, batch {stage2.batch_size}"
+                + (f", perturbation p={perturbation.probability:g}" if perturbation else "")
                 + (f"; off (not in conf): {', '.join(off)}" if off else ""),
                 "items/s": rate["items/s"],
                 "first batch s": rate["first batch s"],
                 "items": rate["items"],
             }
         )
-        perturbation_only = tio.Compose(
-            [datamodule.perturbation] if datamodule.perturbation is not None else []
-        )
-        for label, transform, half in (
-            ("patch-first, proposed", datamodule.train_transform(), False),
-            ("patch-first + flips/intensity on the device, proposed", perturbation_only, True),
-        ):
-            patches = PatchDataset(
-                cache,
-                ids,
-                tag,
-                datamodule.patch_size,
-                datamodule.label_probabilities,
-                length=stage2.batch_size * stage2_batches,
-                transform=transform,
-                half_prior=half,
-            )
-            loader = DataLoader(
-                patches,
-                batch_size=stage2.batch_size,
-                num_workers=workers,
-                pin_memory=torch.cuda.is_available(),
-            )
-            rate = _loader_rate(loader, stage2_batches)
-            rows.append(
-                {
-                    "name": f"Stage-2 patches ({label}), {workers} workers",
-                    "setting": "same cases, patch and batch"
-                    + ("; float16 prior" if half else "; same augmentation"),
-                    "items/s": rate["items/s"],
-                    "first batch s": rate["first batch s"],
-                    "items": rate["items"],
-                }
-            )
     return rows
 
 
 def stage2_breakdown(
     cfg: DictConfig, cache: PreprocessCache, tag: str, repeats: int
 ) -> tuple[list[dict[str, Any]], str]:
-    """CPU time (process time, so other users' load does not count) of each step of a queue
-    subject and of a patch-first patch, in one process; plus a cProfile of the queue path."""
+    """CPU time (process time, so other users' load does not count) of each step of a training
+    patch as a loader worker makes it, in one process: draw the centre, read the patch into
+    fresh shared memory (what a worker sends), perturb the prior; plus a cProfile of whole
+    batches (PatchBatches, as in a worker)."""
     ids = cache.case_ids()
     datamodule, _ = stage2_loader(cfg, cache, ids, tag, 0)
-    subjects = CaseSubjects(cache, ids, tag, transform=None)
-    transform = datamodule.train_transform()
-    sampler = tio.LabelSampler(datamodule.patch_size, "label", datamodule.label_probabilities)
-    count = cfg.data.stage2.samples_per_volume
+    patches = datamodule.train_patches()
+    perturbation = patches.perturbation
     clock = time.process_time
-    queue_parts: dict[str, list[float]] = {"read (load_case)": [], "augment": [], "sample": []}
-    profile = cProfile.Profile()
-    for repeat in range(repeats):
+    parts: dict[str, list[float]] = {"draw centre": [], "read into shared memory": []}
+    if perturbation is not None:
+        parts[f"{type(perturbation).__name__}, p={perturbation.probability:g}"] = []
+    sent = 0
+    for index in range(8 * repeats):
+        case_id = patches.case_ids[index % len(patches.case_ids)]
         start = clock()
-        profile.enable()
-        subject = subjects[repeat % len(ids)]
+        _, centre = patches.draw_centre(case_id)
+        window = patches.window(case_id, centre)
+        drawn = clock()
+        batch = empty_patches(1, patches.patch_size, shared=True)
+        patch = patches.read(case_id, window, {key: value[0] for key, value in batch.items()})
         read = clock()
-        subject = transform(subject)
-        augmented = clock()
-        patches = list(zip(range(count), sampler(subject), strict=False))
-        profile.disable()
-        sampled = clock()
-        assert len(patches) == count
-        for part, seconds in zip(
-            queue_parts, (read - start, augmented - read, sampled - augmented), strict=True
+        patches.perturb(patch)
+        perturbed = clock()
+        sent = sum(tensor.numel() * tensor.element_size() for tensor in batch.values())
+        for values, seconds in zip(
+            parts.values(), (drawn - start, read - drawn, perturbed - read), strict=False
         ):
-            queue_parts[part].append(seconds / count)
+            values.append(seconds)
+    # means, not medians: a perturbation with p < 1 costs nothing on some patches
     rows = [
         {
-            "name": f"queue, per patch: {part}",
-            "setting": f"subject / {count}",
-            "CPU ms": 1e3 * median(v),
+            "name": f"Stage-2 patch: {part}",
+            "setting": f"per patch, mean of {len(v)}",
+            "CPU ms": 1e3 * sum(v) / len(v),
         }
-        for part, v in queue_parts.items()
+        for part, v in parts.items()
     ]
-    # what a worker sends to the queue's process per subject (pickled through shared memory)
-    sent = sum(image.data.numel() * image.data.element_size() for image in subject.get_images())
-    rows.append({"name": "queue: bytes a worker sends per subject", "MiB": sent / 2**20})
-
-    steps = [step for step in transform.transforms]
-    patches = PatchDataset(
-        cache, ids, tag, datamodule.patch_size, datamodule.label_probabilities, 1, None
+    rows.append(
+        {"name": "Stage-2 patch: bytes a worker sends", "setting": "per patch", "MiB": sent / MIB}
     )
-    patch_parts: dict[str, list[float]] = {"read patch": []}
-    patch_parts.update({type(step).__name__: [] for step in steps})
-    for _ in range(3 * repeats):
-        start = clock()
-        item = patches[0]
-        patch_parts["read patch"].append(clock() - start)
-        subject = tio.Subject(
-            image=tio.ScalarImage(tensor=item["image"]),
-            prior=tio.ScalarImage(tensor=item["prior"]),
-            label=tio.LabelMap(tensor=item["label"][None]),
-        )
-        for step in steps:
-            start = clock()
-            subject = step(subject)
-            patch_parts[type(step).__name__].append(clock() - start)
-    rows += [
-        {
-            "name": f"patch-first, per patch: {part}",
-            "setting": "p as configured",
-            "CPU ms": 1e3 * median(v),
-        }
-        for part, v in patch_parts.items()
-    ]
+
+    profile = cProfile.Profile()
+    batches = PatchBatches(patches)
+    size = cfg.data.stage2.batch_size
+    profile.enable()
+    for repeat in range(2 * repeats):
+        batches[list(range(repeat * size, (repeat + 1) * size))]
+    profile.disable()
     return rows, _profile_text(profile, 12)
 
 

@@ -6,13 +6,17 @@ reuse these arrays)::
     settings.json                      the settings the hash was computed from
     cases/<case_id>/image.npy          float32 (4, x, y, z), C-contiguous, MODALITIES order
     cases/<case_id>/label.npy          uint8 (x, y, z) classes 0..3, only for labelled cases
+    cases/<case_id>/class_locations.npz
+                                       uint16 (N, 3) voxel coordinates per tumor class, at most
+                                       LOCATIONS_PER_CLASS each (Stage-2 patch centres); labelled
     cases/<case_id>/meta.json          crop box, original shape, affine, spacing, convention
     cases/<case_id>/header.bin         NIfTI header bytes of the label (or t1) file
     cases/<case_id>/complete           written last: a folder without it is ignored and rebuilt
     priors/<tag>/<case_id>.npy         float16 (4, x, y, z) Stage-1 probabilities
 
-Every case folder and prior is written under a temporary name and renamed into place, so a
-killed process never leaves something that looks complete.
+Every case folder, prior and class-locations file is written under a temporary name and renamed
+into place, so a killed process never leaves something that looks complete. Caches built before
+class locations were stored get them on first use.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from tqdm.auto import tqdm
 
 from cascade.data.cases import MODALITIES, Case, load_subject
 from cascade.data.labels import NUM_CLASSES, LabelConvention
+from cascade.data.patches import sample_class_locations
 from cascade.data.transforms import CropBox, build_preprocessing
 
 # Part of the hashed settings: bump it when the stored arrays change meaning, so old caches
@@ -42,6 +47,7 @@ from cascade.data.transforms import CropBox, build_preprocessing
 CACHE_VERSION = 1
 HASH_LENGTH = 12
 COMPLETE = "complete"
+CLASS_LOCATIONS = "class_locations.npz"
 _TEMP_PREFIX = ".tmp-"
 
 
@@ -162,6 +168,14 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(stream, array, allow_pickle=False)
 
 
+def _save_class_locations(path: Path, label: np.ndarray) -> None:
+    locations = sample_class_locations(label)
+    with path.open("wb") as stream:
+        np.savez(
+            stream, **{f"class{label_class}": array for label_class, array in locations.items()}
+        )
+
+
 def _check_name(kind: str, name: str) -> None:
     if not name or name.startswith(".") or "/" in name or os.sep in name:
         raise ValueError(f"{kind} {name!r} is not usable as a file name")
@@ -229,7 +243,9 @@ class PreprocessCache:
         try:
             _save_npy(temporary / "image.npy", np.ascontiguousarray(image, dtype=np.float32))
             if label is not None:
-                _save_npy(temporary / "label.npy", np.ascontiguousarray(label, dtype=np.uint8))
+                label = np.ascontiguousarray(label, dtype=np.uint8)
+                _save_npy(temporary / "label.npy", label)
+                _save_class_locations(temporary / CLASS_LOCATIONS, label)
             (temporary / "header.bin").write_bytes(meta.header)
             (temporary / "meta.json").write_text(json.dumps(meta.to_json(), indent=1))
             (temporary / COMPLETE).write_text("")
@@ -298,6 +314,25 @@ class PreprocessCache:
         """Memory-mapped uint8 (x, y, z) classes 0..3, or None for an unlabelled case."""
         path = self._complete_folder(case_id) / "label.npy"
         return np.load(path, mmap_mode="r") if path.is_file() else None
+
+    def class_locations(self, case_id: str) -> dict[int, np.ndarray]:
+        """Tumor class (1..3) -> uint16 (N, 3) voxel coordinates, a bounded subsample
+        (cascade.data.patches.sample_class_locations); computed from the label and stored
+        atomically the first time a cache built without them is asked."""
+        folder = self._complete_folder(case_id)
+        path = folder / CLASS_LOCATIONS
+        if not path.is_file():
+            label = self.label(case_id)
+            if label is None:
+                raise ValueError(f"{folder}: case {case_id} has no label, so no class locations")
+            temporary = folder / _temp_name(CLASS_LOCATIONS)
+            try:
+                _save_class_locations(temporary, np.asarray(label))
+                os.replace(temporary, path)
+            finally:
+                temporary.unlink(missing_ok=True)
+        with np.load(path, allow_pickle=False) as stored:
+            return {int(name.removeprefix("class")): stored[name] for name in stored.files}
 
     def meta(self, case_id: str) -> CaseMeta:
         folder = self._complete_folder(case_id)

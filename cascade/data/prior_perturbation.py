@@ -17,9 +17,6 @@ from scipy import ndimage
 
 from cascade.data.labels import NUM_CLASSES
 
-# 6-connected structuring element: each iteration grows or shrinks a region by one voxel
-_CROSS = ndimage.generate_binary_structure(3, 1)
-
 
 class PriorPerturbation(tio.Transform):
     """Perturb the (4, X, Y, Z) class probabilities of the image `prior_name` of a subject.
@@ -93,22 +90,21 @@ def perturb_prior(prior: torch.Tensor, parameters: dict) -> torch.Tensor:
     "drop_probability", "blend" (weight of the perturbed one-hot), "noise_std".
     """
     prior = prior.float()
-    # argmax over the channel axis is a slow strided reduction on a whole brain: find the
-    # tumor voxels elementwise and take the argmax only inside their box
+    # only the tumor's box (plus margin) changes; find it elementwise on the whole input
     tumor = torch.maximum(torch.maximum(prior[1], prior[2]), prior[3]) > prior[0]
     if not tumor.any():
         return prior  # nothing to perturb: a tumor-free prior stays as it is
     margin = max(0, *(abs(radius) for radius in parameters["operations"])) + 1
-    box = _bounding_box(tumor.numpy(), margin)
-    crop = prior[(slice(None), *box)].argmax(0).numpy().astype(np.uint8)
+    box = (slice(None), *_bounding_box(tumor.numpy(), margin))
+    # a contiguous copy: elementwise work on it runs several times faster than on the view
+    region = prior[box].contiguous()
+    crop = _argmax_classes(region.numpy())
 
     # nested regions WT >= TC >= ET of the internal classes 1 necrosis, 2 edema, 3 enhancing
     regions = [crop > 0, (crop == 1) | (crop == 3), crop == 3]
     for index, radius in enumerate(parameters["operations"]):
-        if radius > 0:
-            regions[index] = ndimage.binary_dilation(regions[index], _CROSS, iterations=radius)
-        elif radius < 0:
-            regions[index] = ndimage.binary_erosion(regions[index], _CROSS, iterations=-radius)
+        if radius != 0:
+            regions[index] = _cross_morphology(regions[index], abs(radius), grow=radius > 0)
     whole, core, enhancing = regions
     if parameters["drop_probability"] > 0:
         components, count = ndimage.label(whole)
@@ -122,15 +118,47 @@ def perturb_prior(prior: torch.Tensor, parameters: dict) -> torch.Tensor:
     perturbed[core] = 1
     perturbed[enhancing] = 3
 
-    region = prior[(slice(None), *box)]
-    one_hot = torch.nn.functional.one_hot(torch.from_numpy(perturbed).long(), NUM_CLASSES)
+    # blend towards the one-hot of `perturbed`, in place, without an int64 one-hot tensor
     weight = float(parameters["blend"])
-    region = (1 - weight) * region + weight * one_hot.permute(3, 0, 1, 2).float()
+    region.mul_(1 - weight)
+    perturbed = torch.from_numpy(perturbed)
+    for label_class in range(NUM_CLASSES):
+        region[label_class].add_(perturbed == label_class, alpha=weight)
     if parameters["noise_std"] > 0:
-        region = region * torch.exp(parameters["noise_std"] * torch.randn_like(region))
-    region = region / region.sum(0, keepdim=True).clamp_min(1e-12)
-    prior[(slice(None), *box)] = region
+        region.mul_(torch.randn_like(region).mul_(parameters["noise_std"]).exp_())
+    region.div_(region.sum(0, keepdim=True).clamp_min_(1e-12))
+    prior[box] = region
     return prior
+
+
+def _argmax_classes(probabilities: np.ndarray) -> np.ndarray:
+    """uint8 argmax over the channel axis of (C, X, Y, Z), the first channel on ties: elementwise
+    passes, where torch's argmax over a leading axis is a slow strided reduction."""
+    best = probabilities[0].copy()
+    classes = np.zeros(best.shape, dtype=np.uint8)
+    for label_class in range(1, probabilities.shape[0]):
+        np.putmask(classes, probabilities[label_class] > best, label_class)
+        np.maximum(best, probabilities[label_class], out=best)
+    return classes
+
+
+def _cross_morphology(mask: np.ndarray, iterations: int, grow: bool) -> np.ndarray:
+    """Binary dilation (grow) or erosion of a 3D mask by `iterations` steps of the 6-connected
+    cross, outside counting as background, exactly as ndimage.binary_dilation/_erosion with
+    that structure; shifted copies make it about ten times faster on a 96^3 patch."""
+    combine = np.logical_or if grow else np.logical_and
+    result = mask.copy()
+    for _ in range(iterations):
+        previous = result.copy()
+        for axis in range(3):
+            head = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
+            tail = tuple(slice(None, -1) if a == axis else slice(None) for a in range(3))
+            combine(result[head], previous[tail], out=result[head])
+            combine(result[tail], previous[head], out=result[tail])
+            if not grow:  # a voxel on the array's edge has a background neighbour outside
+                for edge in (0, -1):
+                    result[tuple(edge if a == axis else slice(None) for a in range(3))] = False
+    return result
 
 
 def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, slice, slice]:

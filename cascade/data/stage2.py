@@ -1,18 +1,18 @@
-"""Stage-2 data: 3D patches of image + Stage-1 prior from a TorchIO queue; whole volumes for val.
+"""Stage-2 data: 3D training patches of image + Stage-1 prior; whole volumes for validation.
 
-The case store is any object with `.image(id)` (4, X, Y, Z), `.prior(id, tag)` (4, X, Y, Z) and
-`.label(id)` (X, Y, Z) arrays, such as PreprocessCache. Volumes are read when a subject is loaded
-(in the queue's workers), never all at once.
+The case store is any object with `.image(id)` (4, X, Y, Z), `.prior(id, tag)` (4, X, Y, Z),
+`.label(id)` (X, Y, Z) arrays and `.class_locations(id)`, such as PreprocessCache. Each loader
+worker reads single patches from it (cascade.data.patches.RandomPatches), never whole cases.
 
-Under DDP each process draws patches from its own shard of the training cases: the queue's
-subject sampler is a DistributedSampler, so Lightning's own sampler injection must be off
-(Trainer(use_distributed_sampler=False)). Lightning still calls `set_epoch` on the patch loader's
-sampler every epoch, which passes it on to the subject sampler (new shuffle per epoch).
+Under DDP each process draws its own shard of the epoch's patch indices (index i belongs to
+training case i % n): the patch loader's sampler is a DistributedSampler, so Lightning's own
+sampler injection must be off (Trainer(use_distributed_sampler=False)). Lightning still calls
+`set_epoch` on that sampler every epoch (new shuffle per epoch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import lightning as L
@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torchio as tio
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cascade.data.batch_augmentation import BatchAugmentation
+from cascade.data.patches import EpochBatchSampler, PatchBatches, PatchStore, RandomPatches
 from cascade.data.prior_perturbation import PriorPerturbation
 
 
@@ -76,43 +77,6 @@ class RandomIntensityScaleShift(tio.Transform):
         return subject
 
 
-class CaseSubjects(Dataset):
-    """tio.Subject(image, prior, label, case_id) per case id, read from the store on access.
-
-    Offers what tio.Queue needs from a SubjectsDataset: len, indexing and dry_iter (the queue
-    only counts the entries of dry_iter, so they are the case ids).
-    """
-
-    def __init__(
-        self,
-        store: CaseStore,
-        case_ids: Sequence[str],
-        prior_tag: str,
-        transform: tio.Transform | None = None,
-    ) -> None:
-        self.store = store
-        self.case_ids = list(case_ids)
-        self.prior_tag = prior_tag
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.case_ids)
-
-    def __getitem__(self, index: int) -> tio.Subject:
-        case_id = self.case_ids[index]
-        arrays = load_case(self.store, case_id, self.prior_tag)
-        subject = tio.Subject(
-            image=tio.ScalarImage(tensor=arrays["image"]),
-            prior=tio.ScalarImage(tensor=arrays["prior"]),
-            label=tio.LabelMap(tensor=arrays["label"][None]),
-            case_id=case_id,
-        )
-        return subject if self.transform is None else self.transform(subject)
-
-    def dry_iter(self) -> list[str]:
-        return self.case_ids
-
-
 class CaseVolumes(Dataset):
     """Whole cases for validation: {"image", "prior", "label", "case_id"} as in load_case."""
 
@@ -129,56 +93,28 @@ class CaseVolumes(Dataset):
         return {**load_case(self.store, case_id, self.prior_tag), "case_id": case_id}
 
 
-class QueueSampler(Sampler[int]):
-    """Sequential indices over the queue; forwards `set_epoch` (which Lightning calls on the
-    loader's sampler each epoch) to the queue's subject sampler."""
-
-    def __init__(self, queue: tio.Queue, subject_sampler: DistributedSampler) -> None:
-        self.queue = queue
-        self.subject_sampler = subject_sampler
-
-    def __len__(self) -> int:
-        return len(self.queue)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(len(self.queue)))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.subject_sampler.set_epoch(epoch)
-
-
-def collate_patches(patches: Sequence[tio.Subject]) -> dict[str, Tensor]:
-    """Stack queue patches into image (B, 4, *p), prior (B, 4, *p) float32, label (B, *p) uint8."""
-    return {
-        "image": torch.stack([patch["image"].data for patch in patches]),
-        "prior": torch.stack([patch["prior"].data for patch in patches]).float(),
-        "label": torch.stack([patch["label"].data[0] for patch in patches]).to(torch.uint8),
-    }
-
-
 class Stage2DataModule(L.LightningDataModule):
-    """Training patches (tumor-biased tio.LabelSampler) and whole validation volumes.
+    """Label-biased training patches (RandomPatches) and whole validation volumes.
 
     label_probabilities: class -> relative chance that a patch is centred on that class
-    (a mapping, or a list indexed by class).
-    samples_per_volume patches per loaded case; queue_length patches kept in memory;
-    num_workers load cases and perturb their priors inside the queue (the patch loader itself
-    has none). perturbation (training only; its copy flag is turned off) damages the prior of
-    each loaded case. Flips (image, prior and label alike) and the intensity scale/shift (image
-    only) act on whole training batches once they are on the device: `batch_augmentation`, run
-    by on_after_batch_transfer. One validation case per batch, cases split between ranks.
+    (a mapping, or a list indexed by class). patches_per_epoch: training patches per epoch over
+    all ranks, spread evenly over the training cases; num_workers loader workers read them and
+    apply `perturbation` (training only; its copy flag is turned off) to each patch's prior.
+    Training batches arrive with float16 image and prior (half the bytes between processes);
+    on_after_batch_transfer makes them float32 on the device, then flips (image, prior and label
+    alike) and scales/shifts the image intensity: `batch_augmentation`. One validation case per
+    batch, cases split between ranks.
     """
 
     def __init__(
         self,
-        store: CaseStore,
+        store: PatchStore,
         train_ids: Sequence[str],
         val_ids: Sequence[str],
         prior_tag: str,
         patch_size: Sequence[int],
         label_probabilities: Mapping[int, float] | Sequence[float],
-        samples_per_volume: int,
-        queue_length: int,
+        patches_per_epoch: int,
         batch_size: int,
         num_workers: int,
         flip_axes: Sequence[int],
@@ -201,17 +137,15 @@ class Stage2DataModule(L.LightningDataModule):
             label_probabilities = dict(enumerate(label_probabilities))
         # YAML mapping keys may arrive as strings
         self.label_probabilities = {int(k): float(v) for k, v in label_probabilities.items()}
-        self.samples_per_volume = samples_per_volume
-        self.queue_length = queue_length
+        self.patches_per_epoch = patches_per_epoch
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.flip_axes = tuple(flip_axes)
-        self.intensity_scale = intensity_scale
-        self.intensity_shift = intensity_shift
         self.perturbation = perturbation
+        if perturbation is not None:
+            perturbation.copy = False  # each patch is read fresh: no need to copy it first
         self.seed = seed
         self.batch_augmentation = BatchAugmentation(flip_axes, intensity_scale, intensity_shift)
-        self.subject_sampler: DistributedSampler | None = None
+        self.patch_sampler: DistributedSampler | None = None
 
     def _world(self) -> tuple[int, int]:
         """(world size, rank) from the attached trainer; (1, 0) when used on its own."""
@@ -220,48 +154,42 @@ class Stage2DataModule(L.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
-    def train_transform(self) -> tio.Compose:
-        """Per-subject training transform (the prior perturbation); copy=False: each subject is
-        built fresh per load. Flips and intensity come later, per batch."""
-        transforms: list[tio.Transform] = []
-        if self.perturbation is not None:
-            self.perturbation.copy = False
-            transforms.append(self.perturbation)
-        return tio.Compose(transforms, copy=False)
-
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Flips and intensity scale/shift on training batches, already on the device."""
+        """Training batches, already on the device: float32 image and prior, flips, intensity."""
         trainer = getattr(self, "trainer", None)
         if trainer is None or not trainer.training:
             return batch
+        batch = {**batch, "image": batch["image"].float(), "prior": batch["prior"].float()}
         return self.batch_augmentation(batch)
+
+    def train_patches(self) -> RandomPatches:
+        """The epoch's training patches (all ranks; the loader's sampler shards them)."""
+        return RandomPatches(
+            self.store,
+            self.train_ids,
+            self.prior_tag,
+            self.patch_size,
+            self.label_probabilities,
+            self.patches_per_epoch,
+            self.perturbation,
+        )
 
     def train_dataloader(self) -> DataLoader:
         world_size, rank = self._world()
-        subjects = CaseSubjects(self.store, self.train_ids, self.prior_tag, self.train_transform())
+        patches = self.train_patches()
         # drop_last=False pads the shards to equal length so every rank runs the same steps
-        self.subject_sampler = DistributedSampler(
-            subjects, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed
+        self.patch_sampler = DistributedSampler(
+            patches, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed
         )
-        queue = tio.Queue(
-            subjects,
-            max_length=self.queue_length,
-            samples_per_volume=self.samples_per_volume,
-            sampler=tio.LabelSampler(self.patch_size, "label", self.label_probabilities),
-            subject_sampler=self.subject_sampler,
-            num_workers=self.num_workers,
-            shuffle_subjects=False,  # the subject sampler shuffles
-            shuffle_patches=True,
-        )
-        # num_workers=0: the queue's own workers load; a worker here would copy the queue
+        # the workers build whole batches (read straight into shared memory), so the loader
+        # itself does no batching: each sampler element is a batch of patch indices
         return DataLoader(
-            queue,
-            batch_size=self.batch_size,
-            sampler=QueueSampler(queue, self.subject_sampler),
-            num_workers=0,
-            collate_fn=collate_patches,
+            PatchBatches(patches),
+            batch_size=None,
+            sampler=EpochBatchSampler(self.patch_sampler, self.batch_size, drop_last=True),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            drop_last=True,
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -281,5 +209,5 @@ class Stage2DataModule(L.LightningDataModule):
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle the training shards (Lightning does this itself via the patch loader)."""
-        if self.subject_sampler is not None:
-            self.subject_sampler.set_epoch(epoch)
+        if self.patch_sampler is not None:
+            self.patch_sampler.set_epoch(epoch)

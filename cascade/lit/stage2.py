@@ -31,7 +31,8 @@ class Stage2Module(L.LightningModule):
     scheduler partial takes the optimizer and the run's total steps; stepped every step).
     Batches: {"image", "prior", "label"} as produced by Stage2DataModule. `patch_size`,
     `overlap` and `window_batch_size` set the whole-volume sliding window of validation;
-    `channels_last` runs the net in channels_last_3d memory format.
+    `channels_last` runs the net in channels_last_3d memory format; `compile` compiles it with
+    torch.compile (in place: parameter names and checkpoints stay those of the plain net).
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class Stage2Module(L.LightningModule):
         window_batch_size: int,
         alpha_lr: float | None = None,
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -63,6 +65,9 @@ class Stage2Module(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last_3d)
+        if compile:
+            # fuses the instance norms and activations around the convolutions
+            self.net.compile()
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
         self.val_dice = RegionDice()

@@ -212,6 +212,7 @@ def fit_stage2(
         overlap=cfg.model.inference.overlap,
         window_batch_size=cfg.model.inference.window_batch_size,
         alpha_lr=cfg.model.alpha_lr,
+        compile=cfg.model.compile,
     )
     loading = _plain(cfg.data.stage2)
     perturbation = loading.pop("perturbation", None)  # null switches it off
@@ -220,7 +221,7 @@ def fit_stage2(
         cache, train_ids, val_ids, prior_tag, **loading, perturbation=perturbation, seed=cfg.seed
     )
     alpha = AlphaHistory()
-    # the tio.Queue shards subjects per rank itself (DistributedSampler as its subject_sampler)
+    # the patch loader shards the epoch per rank itself (a DistributedSampler of its own)
     trainer, checkpoint = build_trainer(
         cfg, "stage2", folder, logger, [alpha, *extra_callbacks], False
     )

@@ -14,6 +14,7 @@ from cascade.data import cache as cache_module
 from cascade.data.cache import PreprocessCache, preprocess_case, settings_hash
 from cascade.data.cases import discover_cases
 from cascade.data.labels import LabelConvention, to_classes
+from cascade.data.patches import LOCATIONS_PER_CLASS
 from cascade.data.transforms import build_preprocessing, uncrop
 
 SETTINGS = {"margin": 0, "lower_percentile": 0.5, "upper_percentile": 99.5}
@@ -148,3 +149,44 @@ def test_priors_round_trip_as_float16(tmp_path: Path, dataset: Path) -> None:
         store.write_prior("Case_001", "abc123", probabilities[:, :-1])
     with pytest.raises(ValueError, match="file name"):
         store.write_prior("Case_001", "../escape", probabilities)
+
+
+def test_class_locations_are_bounded_stored_once_and_rebuilt_for_older_caches(
+    tmp_path: Path, write_case
+) -> None:
+    shape = (48, 48, 40)
+    label = np.full(shape, 2, dtype=np.uint8)  # edema everywhere: more voxels than are kept
+    label[20:24, 20:24, 18:22] = 4  # a small enhancing tumor (BraTS 2020 value)
+    write_case(tmp_path / "data", case_id="Big", shape=shape, arrays={"label": label})
+    store = PreprocessCache(tmp_path / "cache", SETTINGS)
+    store.build(discover_cases(tmp_path / "data"), progress=False)
+    folder = store.folder / "cases" / "Big"
+    path = folder / "class_locations.npz"
+    assert path.is_file()  # written with the case
+    path.unlink()  # as in a cache built before class locations were stored
+
+    locations = store.class_locations("Big")
+    assert path.is_file()
+    modified = path.stat().st_mtime_ns
+    cached_label = np.asarray(store.label("Big"))
+    assert len(locations[2]) == LOCATIONS_PER_CLASS < (cached_label == 2).sum()
+    assert len(locations[3]) == (cached_label == 3).sum() == 64
+    assert locations[1].shape == (0, 3)
+    for label_class, coordinates in locations.items():
+        assert coordinates.dtype == np.uint16
+        assert (cached_label[tuple(coordinates.T)] == label_class).all()
+    assert path.stat().st_size < 3 * LOCATIONS_PER_CLASS * 3 * 2 + 4096  # bounded
+
+    again = store.class_locations("Big")
+    assert path.stat().st_mtime_ns == modified  # reused, not recomputed
+    assert all(np.array_equal(again[c], locations[c]) for c in locations)
+    assert not [name for name in os.listdir(folder) if name.startswith(".")]
+
+
+def test_an_unlabelled_case_has_no_class_locations(tmp_path: Path, write_case) -> None:
+    write_case(tmp_path / "new", case_id="Patient", labelled=False)
+    store = PreprocessCache(tmp_path / "cache", SETTINGS)
+    store.build(discover_cases(tmp_path / "new"), progress=False)
+    assert not (store.folder / "cases" / "Patient" / "class_locations.npz").exists()
+    with pytest.raises(ValueError, match="Patient has no label"):
+        store.class_locations("Patient")

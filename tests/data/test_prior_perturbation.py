@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 import torchio as tio
+from scipy import ndimage
 
-from cascade.data.prior_perturbation import PriorPerturbation, perturb_prior
+from cascade.data.prior_perturbation import (
+    PriorPerturbation,
+    _argmax_classes,
+    _cross_morphology,
+    perturb_prior,
+)
 
 
 def nested_tumor_prior(shape=(32, 32, 32), centres=((12, 12, 12),)) -> torch.Tensor:
@@ -117,3 +123,23 @@ def test_fast_on_a_brain_sized_prior() -> None:
     transform(subject)
     # about 0.1 s on an idle core; loose bound for a shared machine
     assert time.perf_counter() - start < 5.0
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_cross_morphology_matches_scipy(iterations: int) -> None:
+    rng = np.random.default_rng(iterations)
+    mask = ndimage.binary_opening(rng.random((20, 18, 16)) < 0.6)  # blobs touching the edges
+    cross = ndimage.generate_binary_structure(3, 1)
+    grown = ndimage.binary_dilation(mask, cross, iterations=iterations)
+    shrunk = ndimage.binary_erosion(mask, cross, iterations=iterations)
+    assert np.array_equal(_cross_morphology(mask, iterations, grow=True), grown)
+    assert np.array_equal(_cross_morphology(mask, iterations, grow=False), shrunk)
+
+
+def test_argmax_classes_matches_argmax_with_ties_to_the_first() -> None:
+    probabilities = torch.softmax(torch.randn(4, 12, 10, 8), 0)
+    probabilities[:, :2] = 0.25  # all tied: class 0, as argmax gives
+    probabilities[:, 5] = torch.tensor([0.0, 0.5, 0.5, 0.0]).view(4, 1, 1)  # tied: class 1
+    expected = probabilities.argmax(0).numpy()
+    assert (expected[:2] == 0).all() and (expected[5] == 1).all()
+    assert np.array_equal(_argmax_classes(probabilities.numpy()), expected)

@@ -1,4 +1,4 @@
-"""Stage2DataModule: patches of image + prior + label from a tiny in-memory case store."""
+"""Stage2DataModule: patch loader (sharding, workers, seeds), validation volumes, batch hooks."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from cascade.data.batch_augmentation import BatchAugmentation
+from cascade.data.patches import sample_class_locations
 from cascade.data.prior_perturbation import PriorPerturbation
-from cascade.data.stage2 import CaseSubjects, QueueSampler, Stage2DataModule
+from cascade.data.stage2 import CaseVolumes, Stage2DataModule
 
 PATCH = (16, 16, 16)
 
 
 class MemoryStore:
-    """Case store in RAM with the PreprocessCache reading API; counts reads."""
+    """Case store in RAM with the PreprocessCache reading API; counts image reads."""
 
     def __init__(self, cases: int, shape=(32, 32, 32), seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
@@ -53,6 +54,9 @@ class MemoryStore:
     def label(self, case_id: str) -> np.ndarray:
         return self.cases[case_id][2]
 
+    def class_locations(self, case_id: str) -> dict[int, np.ndarray]:
+        return sample_class_locations(self.cases[case_id][2])
+
 
 def make_datamodule(store: MemoryStore, **overrides) -> Stage2DataModule:
     ids = store.case_ids()
@@ -63,8 +67,7 @@ def make_datamodule(store: MemoryStore, **overrides) -> Stage2DataModule:
         prior_tag="tag1",
         patch_size=PATCH,
         label_probabilities={0: 0.5, 1: 0.5 / 3, 2: 0.5 / 3, 3: 0.5 / 3},
-        samples_per_volume=4,
-        queue_length=8,
+        patches_per_epoch=8,
         batch_size=2,
         num_workers=0,
         flip_axes=(0, 1, 2),
@@ -79,55 +82,43 @@ def make_datamodule(store: MemoryStore, **overrides) -> Stage2DataModule:
     return Stage2DataModule(**options)
 
 
-def test_patches_have_the_configured_size_and_channels() -> None:
+def assert_patch_batch(batch: dict, size: int) -> None:
+    assert batch["image"].shape == (size, 4, *PATCH)
+    assert batch["prior"].shape == (size, 4, *PATCH)
+    assert batch["label"].shape == (size, *PATCH)
+    # float16 between processes; float32 once on the device (on_after_batch_transfer)
+    assert batch["image"].dtype == batch["prior"].dtype == torch.float16
+    assert batch["label"].dtype == torch.uint8
+    assert set(batch["label"].unique().tolist()) <= {0, 1, 2, 3}
+    assert (batch["prior"] >= 0).all()
+    sums = batch["prior"].float().sum(1)
+    torch.testing.assert_close(sums, torch.ones(size, *PATCH), atol=5e-3, rtol=0)
+
+
+def test_an_epoch_has_patches_per_epoch_patches_in_full_batches() -> None:
     torch.manual_seed(0)
-    store = MemoryStore(5)
-    loader = make_datamodule(store).train_dataloader()
-    assert len(loader) == 4 * 4 // 2  # 4 training cases x 4 patches / batch 2
+    loader = make_datamodule(MemoryStore(5), patches_per_epoch=10, batch_size=4).train_dataloader()
+    assert len(loader) == 2  # 10 patches / batch 4, the last partial batch dropped
     batches = list(loader)
-    assert len(batches) == len(loader)
+    assert len(batches) == 2
     for batch in batches:
-        assert batch["image"].shape == (2, 4, *PATCH)
-        assert batch["prior"].shape == (2, 4, *PATCH)
-        assert batch["label"].shape == (2, *PATCH)
-        assert batch["image"].dtype == batch["prior"].dtype == torch.float32
-        assert set(batch["label"].unique().tolist()) <= {0, 1, 2, 3}
-        assert (batch["prior"] >= 0).all()
-        # float16 cache: sums are 1 up to its rounding
-        torch.testing.assert_close(batch["prior"].sum(1), torch.ones(2, *PATCH), atol=1e-3, rtol=0)
+        assert_patch_batch(batch, 4)
 
 
-def test_subjects_are_read_lazily() -> None:
+def test_two_workers_deliver_the_same_batches_for_the_same_seed() -> None:
     store = MemoryStore(4)
-    subjects = CaseSubjects(store, store.case_ids(), "tag1")
-    assert store.reads == 0 and subjects.dry_iter() == store.case_ids()
-    subject = subjects[1]
-    assert store.reads == 1
-    assert subject["image"].data.shape == (4, 32, 32, 32)
-    assert subject["prior"].data.dtype == torch.float32
-    assert subject["label"].data.shape == (1, 32, 32, 32)
-
-
-@pytest.mark.parametrize("tumor_probability", [0.0, 0.5, 1.0])
-def test_tumor_share_of_patch_centres_follows_label_probabilities(
-    tumor_probability: float,
-) -> None:
-    torch.manual_seed(0)
-    store = MemoryStore(5)
-    share = tumor_probability / 3
-    probabilities = {0: 1 - tumor_probability, 1: share, 2: share, 3: share}
-    datamodule = make_datamodule(
-        store,
-        label_probabilities=probabilities,
-        samples_per_volume=16,
-        queue_length=64,
-        batch_size=8,
-        flip_axes=(),  # keeps the centre voxel where the sampler put it
-    )
-    centres = torch.cat([b["label"][:, 8, 8, 8] for b in datamodule.train_dataloader()])
-    assert centres.numel() == 64
-    tumor_share = (centres > 0).float().mean().item()
-    assert tumor_share == pytest.approx(tumor_probability, abs=0.15)
+    epochs = []
+    for _ in range(2):
+        datamodule = make_datamodule(store, num_workers=2, patches_per_epoch=8)
+        loader = datamodule.train_dataloader()
+        assert loader.num_workers == 2 and loader.persistent_workers
+        torch.manual_seed(0)  # the loader seeds its workers from torch's RNG
+        epochs.append(list(loader))
+    assert len(epochs[0]) == 4
+    for first, second in zip(*epochs, strict=True):
+        assert_patch_batch(first, 2)
+        for key in ("image", "prior", "label"):
+            assert torch.equal(first[key], second[key])
 
 
 def test_label_probabilities_may_be_a_list_indexed_by_class() -> None:
@@ -135,22 +126,30 @@ def test_label_probabilities_may_be_a_list_indexed_by_class() -> None:
     assert datamodule.label_probabilities == {0: 0.3, 1: 0.2, 2: 0.2, 3: 0.3}
 
 
-def test_shards_are_disjoint_per_rank_and_reshuffled_by_set_epoch() -> None:
-    store = MemoryStore(9)
-    datamodule = make_datamodule(store, perturbation=None)
-    shards = []
+def test_ranks_get_disjoint_shards_that_cover_every_case_and_set_epoch_reshuffles() -> None:
+    store = MemoryStore(5)  # 4 training cases
+    datamodule = make_datamodule(store, perturbation=None, patches_per_epoch=16)
+    loaders = []
     for rank in range(2):
         datamodule._world = lambda rank=rank: (2, rank)  # as under a 2-process trainer
         loader = datamodule.train_dataloader()
-        assert len(loader) == 4 * 4 // 2  # ceil(8 cases / 2 ranks) x 4 patches / batch 2
-        assert isinstance(loader.sampler, QueueSampler)
-        shards.append(list(datamodule.subject_sampler))
-    assert not set(shards[0]) & set(shards[1])
-    assert sorted(set(shards[0]) | set(shards[1])) == list(range(8))
-    first = list(datamodule.subject_sampler)
-    loader.sampler.set_epoch(3)  # what Lightning calls every epoch
-    assert datamodule.subject_sampler.epoch == 3
-    assert list(datamodule.subject_sampler) != first
+        assert loader.sampler.sampler is datamodule.patch_sampler
+        assert len(loader) == 16 // 2 // 2  # half the epoch per rank, batch 2
+        loaders.append(loader)
+
+    def shards() -> list[list[int]]:  # each rank's patch indices, in the order they are read
+        return [[index for batch in loader.sampler for index in batch] for loader in loaders]
+
+    first = shards()
+    for epoch in (0, 3):
+        for loader in loaders:
+            loader.sampler.set_epoch(epoch)  # what Lightning calls every epoch
+        rank0, rank1 = shards()
+        assert not set(rank0) & set(rank1)
+        assert sorted(rank0 + rank1) == list(range(16))
+        # index i is case i % 4: each case 4 times per epoch
+        assert sorted(index % 4 for index in rank0 + rank1) == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    assert shards() != first  # epoch 3 is shuffled differently from epoch 0
     # validation cases are split between ranks too, padded so that no rank is left without one
     assert len(datamodule.val_dataloader()) == 1  # 1 val case: rank 1 validates it as well
 
@@ -171,18 +170,20 @@ def test_validation_yields_one_whole_case_per_batch() -> None:
 
 
 def test_mismatched_prior_is_reported_with_the_case() -> None:
-    store = MemoryStore(2)
+    store = MemoryStore(3)
     image, prior, label = store.cases["case00"]
     store.cases["case00"] = (image, prior[:, :-1], label)
-    subjects = CaseSubjects(store, ["case00"], "tag1")
     with pytest.raises(ValueError, match="case00"):
-        subjects[0]
+        CaseVolumes(store, ["case00"], "tag1")[0]
+    with pytest.raises(ValueError, match="case00"):
+        make_datamodule(store).train_dataloader()
 
 
-def test_queue_transform_keeps_only_the_prior_perturbation() -> None:
+def test_patch_transform_is_only_the_prior_perturbation() -> None:
     datamodule = make_datamodule(MemoryStore(2))
-    transforms = datamodule.train_transform().transforms
-    assert transforms == [datamodule.perturbation]
+    patches = datamodule.train_patches()
+    assert patches.perturbation is datamodule.perturbation
+    assert datamodule.perturbation.copy is False  # patches are read fresh, never shared
     assert isinstance(datamodule.batch_augmentation, BatchAugmentation)
     assert datamodule.batch_augmentation.flip_axes == (0, 1, 2)
     assert datamodule.batch_augmentation.intensity_scale == 0.1
@@ -232,6 +233,8 @@ def test_batches_are_augmented_in_training_only(tmp_path) -> None:
     for seen, given in zip(module.seen["train"], calls, strict=True):
         assert seen["image"].shape == given["image"].shape == (2, 4, *PATCH)
         assert seen["label"].dtype == torch.uint8
+        for key in ("image", "prior"):  # float16 from the loader, float32 on the device
+            assert seen[key].dtype == given[key].dtype == torch.float32
         assert not torch.equal(seen["image"], given["image"])  # intensity always acts
     # sanity check + one validation epoch, both with the clean cached volumes
     assert len(module.seen["val"]) == 2

@@ -46,7 +46,7 @@ def make_trainer(tmp_path: Path, max_epochs: int, **options) -> L.Trainer:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        use_distributed_sampler=False,  # the datamodule shards subjects itself
+        use_distributed_sampler=False,  # the datamodule shards the patches itself
         num_sanity_val_steps=0,
         **options,
     )
@@ -62,7 +62,7 @@ def test_training_lowers_the_loss_logs_alpha_and_validates(tmp_path: Path) -> No
     torch.manual_seed(0)
     store = MemoryStore(5)
     datamodule = make_datamodule(
-        store, val_ids=store.case_ids()[3:], train_ids=store.case_ids()[:3]
+        store, val_ids=store.case_ids()[3:], train_ids=store.case_ids()[:3], patches_per_epoch=12
     )
     module = make_module()
     trainer = make_trainer(tmp_path, max_epochs=6, check_val_every_n_epoch=3)
@@ -71,7 +71,7 @@ def test_training_lowers_the_loss_logs_alpha_and_validates(tmp_path: Path) -> No
     rows = read_metrics(tmp_path)
     losses = [float(r["stage2/train_loss_step"]) for r in rows if r.get("stage2/train_loss_step")]
     alphas = [float(r["stage2/alpha_step"]) for r in rows if r.get("stage2/alpha_step")]
-    assert len(losses) == len(alphas) == 6 * 6  # 3 cases x 4 patches / batch 2, 6 epochs
+    assert len(losses) == len(alphas) == 6 * 6  # 12 patches / batch 2, 6 epochs
     assert sum(losses[-6:]) / 6 < 0.8 * sum(losses[:6]) / 6
     assert all(0.0 <= alpha <= 1.0 for alpha in alphas)
     assert alphas[-1] != 0.5  # alpha is trained
@@ -85,8 +85,8 @@ def test_training_lowers_the_loss_logs_alpha_and_validates(tmp_path: Path) -> No
         assert 0.0 <= float(val_rows[-1][f"stage2/val_dice_{region}"]) <= 1.0
     metrics = trainer.callback_metrics
     assert {"stage2/alpha", "stage2/val_dice_mean", "stage2/val_loss"} <= set(metrics)
-    # Lightning advanced the subject sampler's epoch through the patch loader
-    assert datamodule.subject_sampler.epoch == 5
+    # Lightning advanced the patch sampler's epoch (a new shuffle each epoch)
+    assert datamodule.patch_sampler.epoch == 5
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -126,5 +126,5 @@ def test_scheduler_partial_gets_the_total_steps(tmp_path: Path) -> None:
     module = make_module(scheduler=scheduler)
     trainer = make_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
     trainer.fit(module, datamodule=make_datamodule(MemoryStore(3)))
-    assert seen == [4]  # 2 training cases x 4 patches / batch 2
+    assert seen == [4]  # 8 patches / batch 2
     assert trainer.optimizers[0].param_groups[0]["lr"] < 1e-2
