@@ -102,7 +102,6 @@ def build_predictor(
     tta: bool | None = None,
     fp16: bool = True,
     min_enhancing_voxels: int | None = None,
-    compile: bool = False,
 ):
     """A CascadePredictor with the checkpoint's settings (``tta`` None: the trained default)."""
     from cascade.data.transforms import build_preprocessing
@@ -131,5 +130,4 @@ def build_predictor(
             if min_enhancing_voxels is None
             else min_enhancing_voxels
         ),
-        compile=compile,
     )

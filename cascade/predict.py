@@ -37,11 +37,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available"
     )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile both nets: the first case pays ~1 min, later ones run faster",
-    )
     parser.add_argument("--overlays", action="store_true", help="also write <case-id>.png overlays")
     parser.add_argument(
         "--overwrite", action="store_true", help="predict cases already in --output"
@@ -60,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"error: {error}")
         return 2
-    predictor = build_predictor(model, device, tta=args.tta or None, compile=args.compile)
+    predictor = build_predictor(model, device, tta=args.tta or None)
     cases, problems = scan_cases(args.input)
     for problem in problems:
         print(f"skipped: {problem}")

@@ -45,12 +45,19 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sections",
         nargs="+",
-        choices=SECTIONS,
         default=[section for section in SECTIONS if section != "compile"],
-        help="compile (torch.compile of the Stage-2 step) runs only when named",
+        help=f"some of: {', '.join(SECTIONS)}; compile (torch.compile of the Stage-2 step) "
+        "runs only when named",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. seed=1")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # `--sections a b key=value`: the list swallows the overrides that follow it
+    args.overrides = [*args.overrides, *(name for name in args.sections if "=" in name)]
+    args.sections = [name for name in args.sections if "=" not in name]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,14 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "compile" in args.sections:
             experiment = experiments[names[-1]]
             rows = networks.compile_rows(experiment, names[-1], sizes, device, repeats, warmup)
-            if device.type == "cuda":  # fixed slab and window sizes: pays from the 2nd case on
-                rows += inference.inference_rows(
-                    experiment, names[-1], cases[0], cache, device, 3, [(True, False)], True
-                )
             sections["6. torch.compile"] = {
                 "note": "The Stage-2 step eager and compiled ('first step s' includes the "
-                "compilation), and the cascade with both nets compiled ('first case s' includes "
-                "it; model.compile and predict --compile).",
+                "compilation): model.compile.",
                 "rows": rows,
             }
             report(sections)

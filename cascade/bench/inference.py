@@ -21,9 +21,7 @@ from cascade.inference.sliding import evaluated_region, sliding_window_predict
 from cascade.pipeline import model_settings
 
 
-def untrained_predictor(
-    cfg: DictConfig, device: torch.device, tta: bool, compile: bool = False
-) -> CascadePredictor:
+def untrained_predictor(cfg: DictConfig, device: torch.device, tta: bool) -> CascadePredictor:
     """The configured cascade with freshly initialised nets (speed does not depend on weights)."""
     torch.manual_seed(0)
     model = CascadeModel(
@@ -33,7 +31,7 @@ def untrained_predictor(
         settings=model_settings(cfg),
     )
     fp16 = str(cfg.trainer.precision).startswith("16")
-    return build_predictor(model, device, tta=tta, fp16=fp16, compile=compile)
+    return build_predictor(model, device, tta=tta, fp16=fp16)
 
 
 def truth_roi(cache: PreprocessCache, case_id: str, margin: int):
@@ -51,20 +49,19 @@ def inference_rows(
     device: torch.device,
     repeats: int,
     variants: Sequence[tuple[bool, bool]],
-    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Per-case seconds split into reading/preprocessing, Stage 1, Stage 2 and the rest.
 
     variants: (roi_only, tta) pairs. On a GPU a first, untimed case runs before (cuDNN tuning,
-    kernel loading and, with `compile`, the compilation): its total is 'first case s'.
+    kernel loading): its total is 'first case s'.
     """
     roi = truth_roi(cache, case.case_id, cfg.model.inference.roi_margin)
     shape = cache.meta(case.case_id).original_shape
     rows = []
     for roi_only, tta in variants:
-        predictor = untrained_predictor(cfg, device, tta, compile)
+        predictor = untrained_predictor(cfg, device, tta)
         first: dict[str, Any] = {}
-        if device.type == "cuda" or compile:
+        if device.type == "cuda":
             warmup = predictor.predict(case, roi_only=roi_only, roi=roi)
             first = {"first case s": warmup.timings["total"]}
         timings = [
@@ -77,9 +74,7 @@ def inference_rows(
             setting += ", Stage-2 box " + "x".join(str(stop - start) for start, stop in box)
         rows.append(
             {
-                "name": f"cascade {name}, Stage 2 on {region}"
-                + (", 8x TTA" if tta else "")
-                + (", torch.compile" if compile else ""),
+                "name": f"cascade {name}, Stage 2 on {region}" + (", 8x TTA" if tta else ""),
                 "setting": setting,
                 **{
                     f"{part} s": median([timing[part] for timing in timings])

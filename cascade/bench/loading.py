@@ -165,10 +165,8 @@ def stage2_loader(
     tag: str,
     num_workers: int,
     patches_per_epoch: int | None = None,
-    perturbed: bool = True,
 ) -> tuple[Stage2DataModule, list[str]]:
-    """The configured Stage2DataModule on `ids`; `patches_per_epoch` overrides conf/'s epoch,
-    `perturbed=False` turns the prior perturbation off."""
+    """The configured Stage2DataModule on `ids`; `patches_per_epoch` overrides conf/'s epoch."""
     node = plain(cfg.data.stage2)
     runtime: dict[str, Any] = {
         "store": cache,
@@ -184,9 +182,7 @@ def stage2_loader(
     if isinstance(probabilities, list):  # a list in conf/: class i -> probabilities[i]
         runtime["label_probabilities"] = dict(enumerate(probabilities))
     perturbation = cfg.data.stage2.get("perturbation")
-    if not perturbed:
-        runtime["perturbation"] = None
-    elif perturbation is not None and "_target_" in perturbation:
+    if perturbation is not None and "_target_" in perturbation:
         runtime["perturbation"] = instantiate(perturbation)
     kwargs, off = constructor_kwargs(Stage2DataModule, node, runtime)
     return Stage2DataModule(**kwargs), off
@@ -202,7 +198,7 @@ def loading_rows(
     stage2_batches: int,
 ) -> list[dict[str, Any]]:
     """Stage-1 slabs/s and Stage-2 patches/s of the configured training loaders (after their
-    first batch); for Stage 2 also without the prior perturbation, to show its share."""
+    first batch). Stage 2's prior perturbation, flips and intensity run later, on the device."""
     ids = cache.case_ids()
     shape = "x".join(str(size) for size in cfg.data.synthetic.shape)
     rows = []
@@ -224,17 +220,13 @@ def loading_rows(
     stage2 = cfg.data.stage2
     patch = "x".join(str(size) for size in stage2.patch_size)
     epoch = (stage2_batches + 1) * stage2.batch_size  # the timed batches after the first
-    variants = [(workers, True) for workers in stage2_workers] + [(min(stage2_workers), False)]
-    for workers, perturbed in variants:
-        datamodule, off = stage2_loader(cfg, cache, ids, tag, workers, epoch, perturbed)
+    for workers in stage2_workers:
+        datamodule, off = stage2_loader(cfg, cache, ids, tag, workers, epoch)
         rate = _loader_rate(datamodule.train_dataloader(), stage2_batches)
-        perturbation = datamodule.perturbation
         rows.append(
             {
-                "name": f"Stage-2 patches, {workers} workers"
-                + ("" if perturbed else ", no prior perturbation"),
+                "name": f"Stage-2 patches, {workers} workers",
                 "setting": f"{len(ids)} cases {shape}, patch {patch}, batch {stage2.batch_size}"
-                + (f", perturbation p={perturbation.probability:g}" if perturbation else "")
                 + (f"; off (not in conf): {', '.join(off)}" if off else ""),
                 "items/s": rate["items/s"],
                 "first batch s": rate["first batch s"],
@@ -249,16 +241,14 @@ def stage2_breakdown(
 ) -> tuple[list[dict[str, Any]], str]:
     """CPU time (process time, so other users' load does not count) of each step of a training
     patch as a loader worker makes it, in one process: draw the centre, read the patch into
-    fresh shared memory (what a worker sends), perturb the prior; plus a cProfile of whole
-    batches (PatchBatches, as in a worker)."""
+    fresh shared memory (what a worker sends); the prior perturbation of a whole batch as the
+    training process runs it on the device (here on the CPU); plus a cProfile of whole batches
+    (PatchBatches, as in a worker)."""
     ids = cache.case_ids()
     datamodule, _ = stage2_loader(cfg, cache, ids, tag, 0)
     patches = datamodule.train_patches()
-    perturbation = patches.perturbation
     clock = time.process_time
     parts: dict[str, list[float]] = {"draw centre": [], "read into shared memory": []}
-    if perturbation is not None:
-        parts[f"{type(perturbation).__name__}, p={perturbation.probability:g}"] = []
     sent = 0
     for index in range(8 * repeats):
         case_id = patches.case_ids[index % len(patches.case_ids)]
@@ -267,16 +257,11 @@ def stage2_breakdown(
         window = patches.window(case_id, centre)
         drawn = clock()
         batch = empty_patches(1, patches.patch_size, shared=True)
-        patch = patches.read(case_id, window, {key: value[0] for key, value in batch.items()})
+        patches.read(case_id, window, {key: value[0] for key, value in batch.items()})
         read = clock()
-        patches.perturb(patch)
-        perturbed = clock()
         sent = sum(tensor.numel() * tensor.element_size() for tensor in batch.values())
-        for values, seconds in zip(
-            parts.values(), (drawn - start, read - drawn, perturbed - read), strict=False
-        ):
-            values.append(seconds)
-    # means, not medians: a perturbation with p < 1 costs nothing on some patches
+        parts["draw centre"].append(drawn - start)
+        parts["read into shared memory"].append(read - drawn)
     rows = [
         {
             "name": f"Stage-2 patch: {part}",
@@ -288,6 +273,23 @@ def stage2_breakdown(
     rows.append(
         {"name": "Stage-2 patch: bytes a worker sends", "setting": "per patch", "MiB": sent / MIB}
     )
+    perturbation = datamodule.perturbation
+    if perturbation is not None:
+        size = cfg.data.stage2.batch_size
+        prior = PatchBatches(patches)[list(range(size))]["prior"].float()
+        seconds = []
+        for _ in range(4 * repeats):
+            start = clock()
+            perturbation(prior)
+            seconds.append(clock() - start)
+        # a mean, not a median: with p < 1 some batches cost nothing
+        rows.append(
+            {
+                "name": f"Stage-2 batch: PriorPerturbation, p={perturbation.p:g}",
+                "setting": f"batch of {size}, on the CPU, mean of {len(seconds)}",
+                "CPU ms": 1e3 * sum(seconds) / len(seconds),
+            }
+        )
 
     profile = cProfile.Profile()
     batches = PatchBatches(patches)

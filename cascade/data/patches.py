@@ -1,7 +1,7 @@
 """Stage-2 training patches read one at a time from the memory-mapped case store.
 
 Each patch is read alone (about 15 MiB for 96^3, image and prior as float16), never the whole
-case, so loader workers scale and the prior perturbation works on the patch. Patch
+case, so loader workers scale. Patch
 centres are label-biased as in nnU-Net: a class is drawn with `label_probabilities`; a
 background centre is any voxel of the volume, a tumor centre one of a stored subsample of that
 class's voxels (`sample_class_locations`, kept by the cache beside each case).
@@ -22,7 +22,6 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
-import torchio as tio
 from torch import Tensor
 from torch.utils.data import BatchSampler, Dataset, get_worker_info
 
@@ -100,8 +99,7 @@ class RandomPatches(Dataset):
     how often each case is seen) and is {"image" (4, *p) float16, "prior" (4, *p) float16,
     "label" (*p) uint8} (see the module notes on float16). Its centre class is drawn with
     `label_probabilities` (class -> weight) renormalised over the classes the case has;
-    background when it has none of the wanted ones. `perturbation` (a TorchIO transform, e.g.
-    PriorPerturbation with copy=False) then acts on the patch. Random draws come from torch's
+    background when it has none of the wanted ones. Random draws come from torch's
     RNG, which the DataLoader seeds per worker. Every case must be at least patch-sized.
     """
 
@@ -113,7 +111,6 @@ class RandomPatches(Dataset):
         patch_size: Sequence[int],
         label_probabilities: Mapping[int, float],
         length: int,
-        perturbation: tio.Transform | None,
     ) -> None:
         if not case_ids:
             raise ValueError("RandomPatches: no cases to draw patches from")
@@ -132,7 +129,6 @@ class RandomPatches(Dataset):
         self.patch_size = tuple(int(size) for size in patch_size)
         self.label_probabilities = {int(c): float(w) for c, w in label_probabilities.items()}
         self.length = length
-        self.perturbation = perturbation
         # checked at start-up, not when a worker first meets the case
         self.shapes = {case_id: self._checked_shape(case_id) for case_id in self.case_ids}
         self._opened: dict[str, _CaseArrays] = {}
@@ -216,25 +212,11 @@ class RandomPatches(Dataset):
         np.copyto(out["label"].numpy(), arrays.label[window])
         return out
 
-    def perturb(self, patch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Apply `perturbation` to the patch, writing the prior back in place (as float16)."""
-        if self.perturbation is None:
-            return patch
-        subject = tio.Subject(
-            image=tio.ScalarImage(tensor=patch["image"]),
-            prior=tio.ScalarImage(tensor=patch["prior"]),
-            label=tio.LabelMap(tensor=patch["label"][None]),
-        )
-        perturbed = self.perturbation(subject)["prior"].data
-        if perturbed is not patch["prior"]:
-            patch["prior"].copy_(perturbed)
-        return patch
-
     def fill(self, index: int, out: dict[str, Tensor]) -> dict[str, Tensor]:
         """Item `index` written into `out` (see `read`); returns `out`."""
         case_id = self.case_ids[index % len(self.case_ids)]
         _, centre = self.draw_centre(case_id)
-        return self.perturb(self.read(case_id, self.window(case_id, centre), out))
+        return self.read(case_id, self.window(case_id, centre), out)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         patch = {key: value[0] for key, value in empty_patches(1, self.patch_size, False).items()}

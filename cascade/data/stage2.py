@@ -98,12 +98,12 @@ class Stage2DataModule(L.LightningDataModule):
 
     label_probabilities: class -> relative chance that a patch is centred on that class
     (a mapping, or a list indexed by class). patches_per_epoch: training patches per epoch over
-    all ranks, spread evenly over the training cases; num_workers loader workers read them and
-    apply `perturbation` (training only; its copy flag is turned off) to each patch's prior.
+    all ranks, spread evenly over the training cases; num_workers loader workers read them.
     Training batches arrive with float16 image and prior (half the bytes between processes);
-    on_after_batch_transfer makes them float32 on the device, then flips (image, prior and label
-    alike) and scales/shifts the image intensity: `batch_augmentation`. One validation case per
-    batch, cases split between ranks.
+    on_after_batch_transfer makes them float32 on the device, perturbs the priors
+    (`perturbation`, None: off), then flips (image, prior and label alike) and scales/shifts the
+    image intensity (`batch_augmentation`). One validation case per batch, cases split between
+    ranks.
     """
 
     def __init__(
@@ -141,8 +141,6 @@ class Stage2DataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.perturbation = perturbation
-        if perturbation is not None:
-            perturbation.copy = False  # each patch is read fresh: no need to copy it first
         self.seed = seed
         self.batch_augmentation = BatchAugmentation(flip_axes, intensity_scale, intensity_shift)
         self.patch_sampler: DistributedSampler | None = None
@@ -155,11 +153,15 @@ class Stage2DataModule(L.LightningDataModule):
         return trainer.world_size, trainer.global_rank
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Training batches, already on the device: float32 image and prior, flips, intensity."""
+        """Training batches, already on the device: float32 image and prior, perturbed priors,
+        flips, intensity."""
         trainer = getattr(self, "trainer", None)
         if trainer is None or not trainer.training:
             return batch
-        batch = {**batch, "image": batch["image"].float(), "prior": batch["prior"].float()}
+        prior = batch["prior"].float()
+        if self.perturbation is not None:
+            prior = self.perturbation(prior)
+        batch = {**batch, "image": batch["image"].float(), "prior": prior}
         return self.batch_augmentation(batch)
 
     def train_patches(self) -> RandomPatches:
@@ -171,7 +173,6 @@ class Stage2DataModule(L.LightningDataModule):
             self.patch_size,
             self.label_probabilities,
             self.patches_per_epoch,
-            self.perturbation,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -77,8 +77,6 @@ class CascadePredictor:
     `tta` averages Stage-2 softmax over the 8 mirrorings; `stage1_tta` does the same for the
     prior (8x Stage-1 cost, and a smoother prior than the cached ones Stage 2 was trained on).
     `stage1_plane_size` pads slices as `predict_prior` does for the cached priors; give the same.
-    `compile` compiles both nets in place (torch.compile): slabs and windows have fixed sizes, so
-    the first case pays for the compilation and the following ones run faster.
     """
 
     def __init__(
@@ -101,7 +99,6 @@ class CascadePredictor:
         stage1_tta: bool = False,
         stage1_plane_size: Sequence[int] | None = None,
         weighting: str = "gaussian",
-        compile: bool = False,
     ) -> None:
         if len(patch_size) != 3:
             raise ValueError(f"patch_size must have 3 values, got {patch_size}")
@@ -111,9 +108,6 @@ class CascadePredictor:
         self.stage1_net = stage1_net.to(self.device).eval()
         self.stage2_net = stage2_net.to(self.device).eval()
         self.mix = mix.to(self.device).eval()
-        if compile:
-            self.stage1_net.compile()
-            self.stage2_net.compile()
         self.preprocessing = preprocessing
         self.slab_depth = slab_depth
         self.views = tuple(views)

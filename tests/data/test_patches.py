@@ -13,7 +13,6 @@ from cascade.data.patches import (
     patch_start,
     sample_class_locations,
 )
-from cascade.data.prior_perturbation import PriorPerturbation
 from tests.data.test_stage2 import MemoryStore
 
 SHAPE = (40, 40, 40)
@@ -21,7 +20,7 @@ PATCH = (16, 16, 16)
 
 
 def make_patches(store: MemoryStore, probabilities, **options) -> RandomPatches:
-    settings = dict(length=8, perturbation=None)
+    settings = dict(length=8)
     settings.update(options)
     return RandomPatches(
         store, store.case_ids(), "tag1", PATCH, dict(enumerate(probabilities)), **settings
@@ -118,24 +117,6 @@ def test_class_locations_are_a_bounded_subsample_of_each_class() -> None:
         assert np.array_equal(coordinates, sample_class_locations(label, limit=50)[label_class])
     absent = sample_class_locations(np.zeros(SHAPE, dtype=np.uint8))
     assert all(array.shape == (0, 3) for array in absent.values())
-
-
-def test_the_perturbation_changes_only_the_patch_prior() -> None:
-    store = MemoryStore(1, shape=SHAPE)
-    perturbation = PriorPerturbation(
-        max_radius=2, drop_probability=0.0, blend=(1.0, 1.0), noise_std=0.2, copy=False
-    )
-    patches = make_patches(store, [0, 0, 0, 1], perturbation=perturbation)
-    torch.manual_seed(0)
-    window = patches.window("case00", patches.draw_centre("case00")[1])
-    clean = patches.read("case00", window, patches[0])
-    perturbed = patches.perturb({key: value.clone() for key, value in clean.items()})
-    assert perturbed["prior"].dtype == torch.float16
-    assert not torch.equal(perturbed["prior"], clean["prior"])
-    sums = perturbed["prior"].float().sum(0)
-    torch.testing.assert_close(sums, torch.ones(PATCH), atol=5e-3, rtol=0)
-    assert torch.equal(perturbed["image"], clean["image"])
-    assert torch.equal(perturbed["label"], clean["label"])
 
 
 def test_a_batch_holds_the_items_of_its_indices_in_order() -> None:

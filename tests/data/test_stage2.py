@@ -74,7 +74,7 @@ def make_datamodule(store: MemoryStore, **overrides) -> Stage2DataModule:
         intensity_scale=0.1,
         intensity_shift=0.1,
         perturbation=PriorPerturbation(
-            max_radius=2, drop_probability=0.1, blend=(0.5, 1.0), noise_std=0.2
+            p=0.5, max_radius=2, drop_probability=0.1, blend=(0.5, 1.0), noise_std=0.2
         ),
         seed=0,
     )
@@ -179,11 +179,9 @@ def test_mismatched_prior_is_reported_with_the_case() -> None:
         make_datamodule(store).train_dataloader()
 
 
-def test_patch_transform_is_only_the_prior_perturbation() -> None:
+def test_augmentation_is_configured_for_the_device_side() -> None:
     datamodule = make_datamodule(MemoryStore(2))
-    patches = datamodule.train_patches()
-    assert patches.perturbation is datamodule.perturbation
-    assert datamodule.perturbation.copy is False  # patches are read fresh, never shared
+    assert datamodule.perturbation.p == 0.5
     assert isinstance(datamodule.batch_augmentation, BatchAugmentation)
     assert datamodule.batch_augmentation.flip_axes == (0, 1, 2)
     assert datamodule.batch_augmentation.intensity_scale == 0.1
@@ -211,10 +209,14 @@ class _BatchRecorder(L.LightningModule):
 def test_batches_are_augmented_in_training_only(tmp_path) -> None:
     torch.manual_seed(0)
     store = MemoryStore(4)
-    datamodule = make_datamodule(store, perturbation=None)
-    calls = []
+    perturbation = PriorPerturbation(
+        p=1.0, max_radius=1, drop_probability=0.0, blend=(1.0, 1.0), noise_std=0.5
+    )
+    datamodule = make_datamodule(store, perturbation=perturbation)
+    calls, perturbed = [], []
     augmentation = datamodule.batch_augmentation
     datamodule.batch_augmentation = lambda batch: calls.append(batch) or augmentation(batch)
+    datamodule.perturbation = lambda prior: perturbed.append(prior) or perturbation(prior)
     module = _BatchRecorder()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -236,6 +238,10 @@ def test_batches_are_augmented_in_training_only(tmp_path) -> None:
         for key in ("image", "prior"):  # float16 from the loader, float32 on the device
             assert seen[key].dtype == given[key].dtype == torch.float32
         assert not torch.equal(seen["image"], given["image"])  # intensity always acts
+    # the priors were perturbed (noise on every voxel) before the flips and intensity
+    assert len(perturbed) == 2
+    for prior, given in zip(perturbed, calls, strict=True):
+        assert prior.dtype == torch.float32 and not torch.equal(given["prior"], prior)
     # sanity check + one validation epoch, both with the clean cached volumes
     assert len(module.seen["val"]) == 2
     clean = torch.from_numpy(store.cases["case03"][0])
