@@ -1,10 +1,10 @@
 """Stage-2 training patches read one at a time from the memory-mapped case store.
 
 Each patch is read alone (about 15 MiB for 96^3, image and prior as float16), never the whole
-case, so loader workers scale. Patch
-centres are label-biased as in nnU-Net: a class is drawn with `label_probabilities`; a
-background centre is any voxel of the volume, a tumor centre one of a stored subsample of that
-class's voxels (`sample_class_locations`, kept by the cache beside each case).
+case, so loader workers scale. Patch centres are label-biased as in nnU-Net: a class is drawn
+with `label_probabilities`; a background centre is any voxel of the volume, a tumor centre one
+of a stored subsample of that class's voxels (`sample_class_locations`, kept by the cache
+beside each case).
 
 A loader worker builds whole batches (`PatchBatches`) in shared memory and reads every patch
 straight into them, so a batch reaches the training process without further copies. Image and
