@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from cascade.bench import fast_loading, inference, loading, networks
+from cascade.bench import inference, loading, networks
 from cascade.bench.measure import compose, machine, median, time_calls
 from cascade.bench.report import write_report
 
@@ -218,7 +218,6 @@ def _inference(smoke, experiment, name, case, cache, device, quick: bool, full: 
 def _profiles(cfg, experiment, smoke, cache, sizes, device, quick) -> dict:
     """Where the time goes in the Stage-2 loader, the Stage-2 step and the sliding window."""
     rows, loader_profile = loading.stage2_breakdown(cfg, cache, PRIOR_TAG, 1 if quick else 3)
-    rows += fast_loading.intensity_rows(tuple(cfg.data.stage2.patch_size), 3 if quick else 10)
     rows += inference.window_overhead_rows(smoke, cache, cache.case_ids()[0], device)
 
     step = networks.TrainStep(

@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import lightning as L
 import numpy as np
 import torch
-import torchio as tio
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -52,29 +51,6 @@ def load_case(store: CaseStore, case_id: str, prior_tag: str) -> dict[str, Tenso
         "prior": torch.from_numpy(np.array(prior)),
         "label": torch.from_numpy(np.array(label)),
     }
-
-
-class RandomIntensityScaleShift(tio.Transform):
-    """Per channel, multiply the image `image_name` by U(1 - scale, 1 + scale) and add
-    U(-shift, shift) inside the brain (non-zero voxels); other images are untouched.
-    Stage2DataModule does this per batch instead (BatchAugmentation); the bench compares both."""
-
-    def __init__(self, scale: float, shift: float, image_name: str = "image", **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.scale = float(scale)
-        self.shift = float(shift)
-        self.image_name = image_name
-        self.args_names = ["scale", "shift", "image_name"]
-
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        image = subject[self.image_name]
-        data = image.data
-        shape = (data.shape[0], 1, 1, 1)
-        factors = 1 + self.scale * (2 * torch.rand(shape) - 1)
-        offsets = self.shift * (2 * torch.rand(shape) - 1)
-        # background stays 0, as after preprocessing at inference
-        image.set_data(data * factors + offsets * (data != 0))
-        return subject
 
 
 class CaseVolumes(Dataset):
