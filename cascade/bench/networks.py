@@ -318,24 +318,23 @@ def network_rows(
 
     stage1 = (sizes.stage1_batch, sizes.stage1_plane)
     stage2 = (sizes.stage2_batch, sizes.stage2_patch)
+    # (row title, config key, (batch, spatial), residual mix with the prior)
+    stages = (
+        ("Stage 1 UNet2d", "stage1", stage1, False),
+        ("Stage 2 AttentionUNet3d", "stage2", stage2, True),
+    )
     for name, cfg in experiments.items():
-        for channels_last in layouts:
-            step(
-                f"Stage 1 UNet2d {name}",
-                lambda cfg=cfg: instantiate(cfg.model.stage1),
-                cfg,
-                *stage1,
-                channels_last=channels_last,
-            )
-        for channels_last in layouts:
-            step(
-                f"Stage 2 AttentionUNet3d {name}",
-                lambda cfg=cfg: instantiate(cfg.model.stage2),
-                cfg,
-                *stage2,
-                mix=True,
-                channels_last=channels_last,
-            )
+        for title, key, (batch, spatial), mix in stages:
+            for channels_last in layouts:
+                step(
+                    f"{title} {name}",
+                    lambda cfg=cfg, key=key: instantiate(cfg.model[key]),
+                    cfg,
+                    batch,
+                    spatial,
+                    mix=mix,
+                    channels_last=channels_last,
+                )
     cfg = list(experiments.values())[-1]
     name = list(experiments)[-1]
     if cuda:  # a whole volume per step: fits a large GPU only

@@ -14,9 +14,8 @@ reuse these arrays)::
     cases/<case_id>/complete           written last: a folder without it is ignored and rebuilt
     priors/<tag>/<case_id>.npy         float16 (4, x, y, z) Stage-1 probabilities
 
-Every case folder, prior and class-locations file is written under a temporary name and renamed
-into place, so a killed process never leaves something that looks complete. Caches built before
-class locations were stored get them on first use.
+Every case folder and prior is written under a temporary name and renamed into place, so a
+killed process never leaves something that looks complete.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ from cascade.data.transforms import CropBox, build_preprocessing
 
 # Part of the hashed settings: bump it when the stored arrays change meaning, so old caches
 # are not reused by new code.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: class_locations.npz
 HASH_LENGTH = 12
 COMPLETE = "complete"
 CLASS_LOCATIONS = "class_locations.npz"
@@ -316,21 +315,12 @@ class PreprocessCache:
         return np.load(path, mmap_mode="r") if path.is_file() else None
 
     def class_locations(self, case_id: str) -> dict[int, np.ndarray]:
-        """Tumor class (1..3) -> uint16 (N, 3) voxel coordinates, a bounded subsample
-        (cascade.data.patches.sample_class_locations); computed from the label and stored
-        atomically the first time a cache built without them is asked."""
+        """Tumor class (1..3) -> uint16 (N, 3) voxel coordinates, the bounded subsample stored
+        with a labelled case (cascade.data.patches.sample_class_locations)."""
         folder = self._complete_folder(case_id)
         path = folder / CLASS_LOCATIONS
         if not path.is_file():
-            label = self.label(case_id)
-            if label is None:
-                raise ValueError(f"{folder}: case {case_id} has no label, so no class locations")
-            temporary = folder / _temp_name(CLASS_LOCATIONS)
-            try:
-                _save_class_locations(temporary, np.asarray(label))
-                os.replace(temporary, path)
-            finally:
-                temporary.unlink(missing_ok=True)
+            raise ValueError(f"{folder}: case {case_id} has no label, so no class locations")
         with np.load(path, allow_pickle=False) as stored:
             return {int(name.removeprefix("class")): stored[name] for name in stored.files}
 

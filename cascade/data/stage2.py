@@ -34,22 +34,22 @@ class CaseStore(Protocol):
 
 def load_case(store: CaseStore, case_id: str, prior_tag: str) -> dict[str, Tensor]:
     """One case as tensors: image, prior float32 (4, X, Y, Z); label uint8 (X, Y, Z)."""
-    image = np.asarray(store.image(case_id), dtype=np.float32)
-    prior = np.asarray(store.prior(case_id, prior_tag), dtype=np.float32)
     label = store.label(case_id)
     if label is None:
         raise ValueError(f"{case_id}: Stage-2 training needs a label, the case has none")
-    label = np.asarray(label, dtype=np.uint8)
+    # np.array: one copy each from the read-only memory maps, converting in the same pass
+    image = np.array(store.image(case_id), dtype=np.float32)
+    prior = np.array(store.prior(case_id, prior_tag), dtype=np.float32)
+    label = np.array(label, dtype=np.uint8)
     if image.shape[1:] != prior.shape[1:] or image.shape[1:] != label.shape:
         raise ValueError(
             f"{case_id}: image {image.shape}, prior {prior.shape} and label {label.shape} "
             "do not match; rebuild the priors for this cache"
         )
-    # np.array copies the read-only memmaps into writable memory for torch
     return {
-        "image": torch.from_numpy(np.array(image)),
-        "prior": torch.from_numpy(np.array(prior)),
-        "label": torch.from_numpy(np.array(label)),
+        "image": torch.from_numpy(image),
+        "prior": torch.from_numpy(prior),
+        "label": torch.from_numpy(label),
     }
 
 
