@@ -64,3 +64,17 @@ def test_overrides_after_the_sections_are_overrides_and_unknown_sections_fail() 
     assert "compile" not in _parse([]).sections  # only when named
     with pytest.raises(SystemExit):
         _parse(["--sections", "networks", "speed"])
+
+
+def test_case_option_takes_one_labelled_case(tmp_path, write_case) -> None:
+    from cascade.bench.__main__ import _labelled_case
+
+    paths = write_case(tmp_path / "labelled", case_id="BraTS20_Training_007")
+    case = _labelled_case(paths["t1"].parent)
+    assert case.case_id == "BraTS20_Training_007" and case.label == paths["label"]
+
+    write_case(tmp_path / "unlabelled", case_id="BraTS20_Validation_001", labelled=False)
+    with pytest.raises(SystemExit, match="without one"):
+        _labelled_case(tmp_path / "unlabelled")
+    with pytest.raises(SystemExit, match="no such folder"):
+        _labelled_case(tmp_path / "empty-folder-that-does-not-exist")

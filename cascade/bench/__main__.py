@@ -1,4 +1,4 @@
-"""python -m cascade.bench [--quick] [--full] [--out DIR] [--sections ...] [hydra overrides]
+"""python -m cascade.bench [--quick] [--full] [--case DIR] [--out DIR] [--sections ...] [overrides]
 
 Measures preprocessing, data loading, training steps, inference and profiles of the hot paths,
 and writes DIR/bench.json and DIR/bench.md. Sizes and settings come from conf/ (Hydra overrides
@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from cascade.bench import inference, loading, networks
 from cascade.bench.measure import compose, machine, median, time_calls
 from cascade.bench.report import write_report
+from cascade.data.cases import CaseError, discover_cases
 
 SECTIONS = ("preprocessing", "loading", "networks", "inference", "profile", "compile")
 PRIOR_TAG = "bench"
@@ -37,6 +38,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m cascade.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, about a minute")
     parser.add_argument("--full", action="store_true", help="also paper-size nets at inference")
+    parser.add_argument(
+        "--case",
+        type=Path,
+        default=None,
+        help="a labelled BraTS case folder to time inference on instead of a synthetic case "
+        "(its tumor sets the Stage-2 region)",
+    )
     parser.add_argument("--out", type=Path, default=Path("experiments/bench"))
     parser.add_argument("--workdir", type=Path, default=None, help="synthetic data (default: temp)")
     parser.add_argument(
@@ -165,8 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             report(sections)
 
         if "inference" in args.sections:
+            case, case_cache = cases[0], cache
+            if args.case is not None:
+                case = _labelled_case(args.case)
+                case_cache = loading.build_cache(cfg, [case], workdir / "case-cache")
+                notes.append(f"inference on the case {case.case_id} read from {args.case}")
             sections["4. Inference per case (CascadePredictor timings)"] = _inference(
-                smoke, experiments[names[-1]], names[-1], cases[0], cache, device, quick, args.full
+                smoke, experiments[names[-1]], names[-1], case, case_cache, device, quick, args.full
             )
             report(sections)
 
@@ -190,6 +203,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _labelled_case(folder: Path):
+    """The one labelled case in `folder`; a one-line error otherwise."""
+    try:
+        cases = discover_cases(folder)
+    except CaseError as error:
+        raise SystemExit(f"--case: {error}") from None
+    if len(cases) != 1 or cases[0].label is None:
+        raise SystemExit(
+            f"--case {folder}: expected one case with a segmentation, found "
+            f"{len(cases)} case(s)" + ("" if len(cases) != 1 else " without one")
+        )
+    return cases[0]
+
+
 def _inference(smoke, experiment, name, case, cache, device, quick: bool, full: bool) -> dict:
     """The cascade's per-case timings (small nets on the CPU, the configured ones on a GPU or
     with --full) and nnU-Net's network over the whole case."""
@@ -199,7 +226,7 @@ def _inference(smoke, experiment, name, case, cache, device, quick: bool, full: 
         variants = [(True, False), (False, False)] + ([] if quick else [(True, True)])
         rows += inference.inference_rows(smoke, "smoke", case, cache, device, 1, variants)
     if cuda or full:
-        variants = [(True, False), (False, False)] + ([(True, True)] if cuda else [])
+        variants = [(True, False), (False, False), (True, True)]
         repeats = 3 if cuda else 1
         rows += inference.inference_rows(experiment, name, case, cache, device, repeats, variants)
     if not quick and networks.installed("dynamic_network_architectures"):

@@ -119,3 +119,37 @@ def test_rejects_unknown_view_and_even_depth() -> None:
         _module(FakeStore(["a"]), views=["transverse"])
     with pytest.raises(ValueError, match="odd"):
         SlabSampler(FakeStore(["a"]), ["a"], 4, ["axial"], [16, 16], 0.5)
+
+
+def _same_slabs(store, augmentation, count: int = 4):
+    """(plain, augmented) items of the same seeded slab draws."""
+    sampler = SlabSampler(store, ["a"], 5, ["axial"], [16, 16], tumor_fraction=1.0)
+    pairs = [
+        stage1.SlabDataset(sampler, count, 5, None),
+        stage1.SlabDataset(sampler, count, 5, augmentation),
+    ]
+    return [(pairs[0][index], pairs[1][index]) for index in range(count)]
+
+
+def test_augmentation_flips_image_and_label_together() -> None:
+    flip_only = stage1.build_augmentation(1.0, 0.0, 0.0, 0.0)
+    for before, after in _same_slabs(FakeStore(["a"]), flip_only):
+        # (H, W) axes of the (4k, H, W) image; with p=1 RandomFlip flips each axis in turn
+        matches = [
+            axes
+            for axes in ((1,), (2,), (1, 2))
+            if torch.equal(after["image"], before["image"].flip(axes))
+        ]
+        assert len(matches) == 1
+        label_axes = [axis - 1 for axis in matches[0]]
+        assert torch.equal(after["label"], before["label"].flip(label_axes))
+
+
+def test_intensity_augmentation_changes_image_not_label() -> None:
+    store = FakeStore(["a"])
+    store.images["a"] = np.abs(store.images["a"]) / 1e6 + 0.1  # positive, z-score-like range
+    intensity = stage1.build_augmentation(0.0, 1.0, 0.3, 0.3)
+    for before, after in _same_slabs(store, intensity):
+        assert torch.equal(after["label"], before["label"])
+        inside = before["image"] != 0
+        assert not torch.allclose(after["image"][inside], before["image"][inside])
