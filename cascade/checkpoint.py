@@ -106,6 +106,7 @@ def build_predictor(
     """A CascadePredictor with the checkpoint's settings (``tta`` None: the trained default)."""
     from cascade.data.transforms import build_preprocessing
     from cascade.inference.cascade import CascadePredictor
+    from cascade.inference.multiview import slab_batch_size
 
     settings = model.settings
     inference = settings["inference"]
@@ -120,7 +121,7 @@ def build_predictor(
         patch_size=settings["patch_size"],
         overlap=inference["overlap"],
         roi_margin=inference["roi_margin"],
-        stage1_batch_size=inference["slab_batch_size"],
+        stage1_batch_size=slab_batch_size(inference, device),
         stage2_batch_size=inference["window_batch_size"],
         device=device,
         fp16=fp16,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -18,6 +18,18 @@ class PriorStore(Protocol):
     def image(self, case_id: str) -> np.ndarray: ...  # float32 (4, X, Y, Z)
     def has_prior(self, case_id: str, tag: str) -> bool: ...
     def write_prior(self, case_id: str, tag: str, prior: np.ndarray) -> None: ...
+
+
+def slab_batch_size(inference: Mapping[str, Any], device: torch.device | str) -> int:
+    """Slabs per forward pass on `device`, from the model's inference settings.
+
+    A GPU needs large batches to be busy; on a CPU small ones run faster, as one slab's
+    activations stay in cache. Settings saved before `cpu_slab_batch_size` existed use
+    `slab_batch_size` on every device.
+    """
+    if torch.device(device).type == "cpu":
+        return int(inference.get("cpu_slab_batch_size", inference["slab_batch_size"]))
+    return int(inference["slab_batch_size"])
 
 
 def _pad_plane(

@@ -24,7 +24,7 @@ from torch import nn
 from cascade.data.cache import PreprocessCache, settings_hash
 from cascade.data.stage1 import Stage1DataModule
 from cascade.data.stage2 import Stage2DataModule
-from cascade.inference.multiview import write_priors
+from cascade.inference.multiview import slab_batch_size, write_priors
 from cascade.io import atomic_path
 from cascade.lit.callbacks import AlphaHistory
 from cascade.lit.stage1 import Stage1Module
@@ -172,7 +172,7 @@ def write_stage1_priors(
         tag,
         slab_depth=cfg.data.stage1.slab_depth,
         views=list(cfg.data.stage1.views),
-        batch_size=cfg.model.inference.slab_batch_size,
+        batch_size=slab_batch_size(cfg.model.inference, device),
         device=device,
         fp16=str(cfg.trainer.precision).startswith("16"),
         progress=rank == 0,

@@ -4,7 +4,12 @@ import torch
 from torch import nn
 
 from cascade.data.stage1 import Slab, SlabSampler, slab_channels
-from cascade.inference.multiview import predict_prior, predict_view, write_priors
+from cascade.inference.multiview import (
+    predict_prior,
+    predict_view,
+    slab_batch_size,
+    write_priors,
+)
 from cascade.nn.unet2d import UNet2d
 
 VIEWS = ["axial", "sagittal", "coronal"]
@@ -30,6 +35,20 @@ def test_three_view_prior_is_the_mean_of_the_views() -> None:
     views = [predict_view(net, tensor, 5, view, 4, False) for view in VIEWS]
     torch.testing.assert_close(prior, sum(views) / 3)
     torch.testing.assert_close(prior.sum(0), torch.ones(10, 8, 6))
+
+
+def test_prior_does_not_depend_on_the_slab_batch() -> None:
+    net, image = _net(), torch.randn(4, 10, 8, 7)
+    one_at_a_time = predict_prior(net, image, 5, VIEWS, batch_size=1, device="cpu", fp16=False)
+    batched = predict_prior(net, image, 5, VIEWS, batch_size=4, device="cpu", fp16=False)
+    torch.testing.assert_close(one_at_a_time, batched)
+
+
+def test_slab_batch_size_by_device_and_for_older_settings() -> None:
+    settings = {"slab_batch_size": 32, "cpu_slab_batch_size": 1}
+    assert slab_batch_size(settings, "cpu") == 1
+    assert slab_batch_size(settings, torch.device("cuda", 0)) == 32
+    assert slab_batch_size({"slab_batch_size": 16}, "cpu") == 16
 
 
 class _Store:
