@@ -37,7 +37,11 @@ QUICK_SIZES = networks.StepSizes(2, (64, 64), 2, (32, 32, 32), (64, 64, 64), "qu
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m cascade.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, about a minute")
-    parser.add_argument("--full", action="store_true", help="also paper-size nets at inference")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="on a CPU: paper-size nets and nnU-Net's 8x mirroring at inference too (slow)",
+    )
     parser.add_argument(
         "--case",
         type=Path,
@@ -231,7 +235,7 @@ def _inference(smoke, experiment, name, case, cache, device, quick: bool, full: 
         rows += inference.inference_rows(experiment, name, case, cache, device, repeats, variants)
     if not quick and networks.installed("dynamic_network_architectures"):
         fp16 = str(experiment.trainer.precision).startswith("16")
-        tta = (False, True) if cuda else (False,)
+        tta = (False, True) if cuda or full else (False,)
         rows += inference.nnunet_window_rows(cache, case.case_id, device, fp16, tta)
     return {
         "note": "Untrained nets find no tumor, so the Stage-2 region is forced to the case's "
