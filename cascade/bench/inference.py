@@ -16,7 +16,7 @@ from cascade.checkpoint import CascadeModel, build_predictor
 from cascade.data.cache import PreprocessCache
 from cascade.data.cases import Case
 from cascade.data.labels import NUM_CLASSES
-from cascade.inference.cascade import MIRROR_AXES, CascadePredictor, tumor_box
+from cascade.inference.cascade import CascadePredictor, mirrored_softmax, tumor_box
 from cascade.inference.sliding import evaluated_region, sliding_window_predict
 from cascade.pipeline import model_settings
 
@@ -104,23 +104,10 @@ def nnunet_window_rows(
     volume = torch.from_numpy(np.array(cache.image(case_id), dtype=np.float32)).to(device)
     rows = []
     for tta in variants:
-        mirrorings = MIRROR_AXES if tta else ((),)
 
-        def predict(windows: torch.Tensor, mirrorings=mirrorings) -> torch.Tensor:
-            total = torch.zeros(
-                (windows.shape[0], NUM_CLASSES, *windows.shape[2:]), device=windows.device
-            )
-            for axes in mirrorings:
-                flipped = windows.flip(axes) if axes else windows
-                with torch.autocast(device.type, dtype=torch.float16, enabled=autocast):
-                    logits = net(flipped)
-                softmax = torch.softmax(logits.float(), dim=1)
-                total += softmax.flip(axes) if axes else softmax
-            return total / len(mirrorings)
-
-        def run(predict=predict) -> None:
+        def run(tta=tta) -> None:
             sliding_window_predict(
-                predict,
+                lambda windows: mirrored_softmax(net, windows, tta, autocast),
                 volume,
                 patch_size=tuple(patch_size),
                 overlap=0.5,

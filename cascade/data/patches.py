@@ -60,6 +60,21 @@ def sample_class_locations(
     return locations
 
 
+def check_case_arrays(
+    case_id: str, image: np.ndarray, prior: np.ndarray, label: np.ndarray | None
+) -> np.ndarray:
+    """The case's label, after checking that there is one and that image (4, X, Y, Z), prior
+    (4, X, Y, Z) and label (X, Y, Z) share a grid; a one-line ValueError naming the case else."""
+    if label is None:
+        raise ValueError(f"{case_id}: Stage-2 training needs a label, the case has none")
+    if image.shape[1:] != prior.shape[1:] or image.shape[1:] != label.shape:
+        raise ValueError(
+            f"{case_id}: image {image.shape}, prior {prior.shape} and label {label.shape} "
+            "do not match; rebuild the priors for this cache"
+        )
+    return label
+
+
 def patch_start(centre: int, size: int, patch: int) -> int:
     """First index of a `patch`-long window around `centre`, shifted to lie inside `size`."""
     return min(max(centre - patch // 2, 0), size - patch)
@@ -135,16 +150,12 @@ class RandomPatches(Dataset):
 
     def _checked_shape(self, case_id: str) -> tuple[int, int, int]:
         """The case's (X, Y, Z), after checking that its arrays can give patches."""
-        image = self.store.image(case_id)
-        prior = self.store.prior(case_id, self.prior_tag)
-        label = self.store.label(case_id)
-        if label is None:
-            raise ValueError(f"{case_id}: Stage-2 training needs a label, the case has none")
-        if image.shape[1:] != prior.shape[1:] or image.shape[1:] != label.shape:
-            raise ValueError(
-                f"{case_id}: image {image.shape}, prior {prior.shape} and label {label.shape} "
-                "do not match; rebuild the priors for this cache"
-            )
+        label = check_case_arrays(
+            case_id,
+            self.store.image(case_id),
+            self.store.prior(case_id, self.prior_tag),
+            self.store.label(case_id),
+        )
         if any(size < patch for size, patch in zip(label.shape, self.patch_size, strict=True)):
             raise ValueError(
                 f"{case_id}: volume {label.shape} is smaller than the patch {self.patch_size}; "

@@ -22,7 +22,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cascade.data.batch_augmentation import BatchAugmentation
-from cascade.data.patches import EpochBatchSampler, PatchBatches, PatchStore, RandomPatches
+from cascade.data.patches import (
+    EpochBatchSampler,
+    PatchBatches,
+    PatchStore,
+    RandomPatches,
+    check_case_arrays,
+)
 from cascade.data.prior_perturbation import PriorPerturbation
 
 
@@ -34,18 +40,12 @@ class CaseStore(Protocol):
 
 def load_case(store: CaseStore, case_id: str, prior_tag: str) -> dict[str, Tensor]:
     """One case as tensors: image, prior float32 (4, X, Y, Z); label uint8 (X, Y, Z)."""
-    label = store.label(case_id)
-    if label is None:
-        raise ValueError(f"{case_id}: Stage-2 training needs a label, the case has none")
+    image, prior = store.image(case_id), store.prior(case_id, prior_tag)
+    label = check_case_arrays(case_id, image, prior, store.label(case_id))
     # np.array: one copy each from the read-only memory maps, converting in the same pass
-    image = np.array(store.image(case_id), dtype=np.float32)
-    prior = np.array(store.prior(case_id, prior_tag), dtype=np.float32)
+    image = np.array(image, dtype=np.float32)
+    prior = np.array(prior, dtype=np.float32)
     label = np.array(label, dtype=np.uint8)
-    if image.shape[1:] != prior.shape[1:] or image.shape[1:] != label.shape:
-        raise ValueError(
-            f"{case_id}: image {image.shape}, prior {prior.shape} and label {label.shape} "
-            "do not match; rebuild the priors for this cache"
-        )
     return {
         "image": torch.from_numpy(image),
         "prior": torch.from_numpy(prior),

@@ -33,6 +33,21 @@ MIRROR_AXES: tuple[tuple[int, ...], ...] = tuple(
 )
 
 
+def mirrored_softmax(net: nn.Module, windows: Tensor, mirror: bool, autocast: bool) -> Tensor:
+    """float32 softmax of `net` on (B, C, *patch) windows; with `mirror`, the mean over the 8
+    mirrorings, each flipped back (test-time augmentation as nnU-Net does it)."""
+    mirrorings = MIRROR_AXES if mirror else ((),)
+    total = None
+    for axes in mirrorings:
+        flipped = windows.flip(axes) if axes else windows
+        with torch.autocast(windows.device.type, dtype=torch.float16, enabled=autocast):
+            logits = net(flipped)
+        softmax = torch.softmax(logits.float(), dim=1)
+        softmax = softmax.flip(axes) if axes else softmax
+        total = softmax if total is None else total.add_(softmax)
+    return total.div_(len(mirrorings))
+
+
 @dataclass(eq=False)
 class VolumePrediction:
     """Result on the preprocessed (cropped) grid (x, y, z)."""
@@ -234,15 +249,7 @@ class CascadePredictor:
 
     def _mixed_windows(self, windows: Tensor) -> Tensor:
         """(B, 8, *patch) image + prior windows -> (B, 4, *patch) mixed probabilities."""
-        mirrorings = MIRROR_AXES if self.tta else ((),)
-        stage2 = torch.zeros_like(windows[:, 4:], dtype=torch.float32)
-        for axes in mirrorings:
-            flipped = windows.flip(axes) if axes else windows
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.autocast):
-                logits = self.stage2_net(flipped)
-            softmax = torch.softmax(logits.float(), dim=1)
-            stage2 += softmax.flip(axes) if axes else softmax
-        stage2 /= len(mirrorings)
+        stage2 = mirrored_softmax(self.stage2_net, windows, self.tta, self.autocast)
         return self.mix(stage2, windows[:, 4:].float())
 
     def _synchronize(self) -> None:

@@ -149,3 +149,15 @@ def test_an_unlabelled_case_or_bad_probabilities_are_refused() -> None:
     store.cases["case01"] = (image, prior, None)
     with pytest.raises(ValueError, match="case01: Stage-2 training needs a label"):
         make_patches(store, [1, 0, 0, 0])
+
+
+def test_a_prior_off_the_image_grid_is_named_for_training_and_validation() -> None:
+    from cascade.data.stage2 import load_case
+
+    store = MemoryStore(2, shape=SHAPE)
+    image, prior, label = store.cases["case01"]
+    store.cases["case01"] = (image, prior[:, :-1], label)  # a prior from another crop
+    with pytest.raises(ValueError, match=r"case01: image .* do not match; rebuild the priors"):
+        make_patches(store, [1, 0, 0, 0])
+    with pytest.raises(ValueError, match=r"case01: image .* do not match; rebuild the priors"):
+        load_case(store, "case01", "tag1")
