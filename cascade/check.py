@@ -1,7 +1,9 @@
-"""Check BraTS case folders before training: ``python -m cascade.check PATH [PATH ...]``.
+"""Check a dataset before training: ``python -m cascade.check PATH [PATH ...]``.
 
-Prints one table row per good case and one ``ERROR <file>: <problem>`` line per bad case;
-exits 1 if any case is bad or no case is found.
+Prints one table row per good case, a ``note`` line where a release quirk was read (which file
+was taken as the segmentation), one ``ERROR <file>: <problem>`` line per bad case or folder, the
+label scheme, and the counts. Exits 1 if any case is bad or no case is found. A dataset this
+calls good trains: `cascade.train` runs the same checks.
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from cascade.data.cases import Case, CaseError, CaseSummary, scan_cases, validate_case
+from cascade.data.cases import Case, CaseSummary
+from cascade.data.discovery import scan_cases
+from cascade.data.errors import CaseError
+from cascade.data.labels import SCHEMES, LabelScheme
+from cascade.data.validation import resolve_scheme, validate_case
 
 _COLUMNS = ("case", "shape", "spacing (mm)", "label", "voxels per label value")
 # Widths fit 240x240x155 and 0.9375x0.9375x1.2; longer values just push the row right.
@@ -37,46 +43,83 @@ def _format(cells: Sequence[str], id_width: int) -> str:
     return "  ".join(padded + list(cells[len(widths) :])).rstrip()
 
 
-def check(paths: Sequence[Path]) -> tuple[list[CaseSummary], list[CaseError]]:
-    """Validate every case under `paths`, printing rows as they are read (large datasets
-    take minutes); returns the good cases' summaries and all problems."""
-    cases: list[Case] = []
-    problems: list[CaseError] = []
-    for path in paths:
-        found, errors = scan_cases(path)
-        cases.extend(found)
-        problems.extend(errors)
-
-    summaries = []
+def check(
+    path: Path, labels: str | None = None
+) -> tuple[list[CaseSummary], list[CaseError], LabelScheme | None]:
+    """Validate every case under the dataset `path`, printing rows as they are read (large
+    datasets take minutes); returns the good cases' summaries, all problems and the label
+    scheme (None when it cannot be settled)."""
+    cases: list[Case]
+    cases, problems = scan_cases(path)
+    forced = SCHEMES.get(labels) if labels not in (None, "auto") else None
+    summaries, good = [], []
     id_width = max([len(_COLUMNS[0])] + [len(case.case_id) for case in cases])
     if cases:
         print(_format(_COLUMNS, id_width), flush=True)
     for case in cases:
         try:
-            summary = validate_case(case)
+            summary = validate_case(case, forced)
         except CaseError as error:
             problems.append(error)
             continue
         summaries.append(summary)
+        good.append(case)
         print(_format(_row(summary), id_width), flush=True)
-    return summaries, problems
+        for note in summary.notes:
+            print(f"note {case.case_id}: {note}", flush=True)
+
+    scheme = None
+    if good:
+        values = {summary.case_id: tuple(summary.label_counts) for summary in summaries}
+        try:
+            scheme = resolve_scheme(good, values, labels)
+        except CaseError as error:
+            problems.append(error)
+    return summaries, problems, scheme
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cascade.check",
-        description="Check BraTS cases (file names, NIfTI geometry, values, labels).",
+        description="Check BraTS/MSD cases (layout, NIfTI geometry, values, label scheme).",
     )
     parser.add_argument(
         "paths", nargs="+", type=Path, metavar="PATH", help="a case folder or a dataset folder"
     )
+    parser.add_argument(
+        "--labels",
+        choices=("auto", *SCHEMES),
+        default="auto",
+        help="label scheme of the files (default: detected, as data.labels=auto)",
+    )
     args = parser.parse_args(argv)
 
-    summaries, problems = check(args.paths)
+    summaries, problems = [], []
+    for path in args.paths:  # each path is a dataset of its own, with its own scheme
+        path_summaries, path_problems, scheme = check(path, args.labels)
+        summaries += path_summaries
+        problems += path_problems
+        _print_scheme(path, scheme, args.labels)
     for problem in sorted(problems, key=lambda problem: str(problem.path)):
         print(f"ERROR {problem}")
-    print(f"{len(summaries)} good case(s), {len(problems)} problem(s)")
+    labelled = sum(summary.labelled for summary in summaries)
+    print(
+        f"{len(summaries)} good case(s): {labelled} labelled, {len(summaries) - labelled} "
+        f"unlabelled; {len(problems)} problem(s)"
+    )
     return 1 if problems or not summaries else 0
+
+
+def _print_scheme(path: Path, scheme: LabelScheme | None, labels: str) -> None:
+    if scheme is not None:
+        how = "detected" if labels == "auto" else "forced"
+        values = ", ".join(
+            f"{value} {meaning}"
+            for value, meaning in zip(scheme.file_values, scheme.file_meanings, strict=True)
+            if value
+        )
+        regions = ", ".join(scheme.regions)
+        print(f"{path}: label scheme {scheme.name} ({how}): {values}; regions {regions}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The file holds only tensors and plain containers, so it is read with
 ``torch.load(weights_only=True)`` (no arbitrary unpickling), and networks are rebuilt only
-from classes inside ``cascade.nn``.
+from the explicit list of cascade network classes below, called with plain values: nothing in
+the file is instantiated or imported by name.
 """
 
 from __future__ import annotations
@@ -12,15 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
 from cascade.data.cases import MODALITIES
+from cascade.data.labels import DEFAULT_SCHEME, SCHEMES, LabelScheme, get_scheme
 from cascade.io import atomic_path
+from cascade.nn.attention_unet3d import AttentionUNet3d
+from cascade.nn.residual_mix import LearnableResidualMix
+from cascade.nn.unet2d import UNet2d
 
 FORMAT = "cascade-checkpoint"
 VERSION = 1
-_ALLOWED_TARGET_PREFIX = "cascade.nn."
+# The only classes a checkpoint may name, by their config target.
+NETWORK_CLASSES: dict[str, type[nn.Module]] = {
+    f"{cls.__module__}.{cls.__qualname__}": cls
+    for cls in (UNet2d, AttentionUNet3d, LearnableResidualMix)
+}
+_PLAIN_TYPES = (type(None), bool, int, float, str)
 
 
 class CheckpointError(ValueError):
@@ -34,7 +43,13 @@ class CascadeModel:
     stage1: nn.Module
     stage2: nn.Module
     mix: nn.Module
-    settings: dict[str, Any]  # preprocessing, slab_depth, views, patch_size, inference, modalities
+    settings: dict[str, Any]  # preprocessing, slab_depth, views, patch_size, inference, labels
+
+    @property
+    def scheme(self) -> LabelScheme:
+        """The label scheme the nets were trained on (checkpoints before schemes: BraTS 2020,
+        whose four classes every four-class scheme shares)."""
+        return get_scheme(self.settings.get("labels") or DEFAULT_SCHEME.name)
 
 
 def save_checkpoint(path: Path, model: CascadeModel, network_configs: dict[str, dict]) -> None:
@@ -55,11 +70,33 @@ def save_checkpoint(path: Path, model: CascadeModel, network_configs: dict[str, 
         torch.save(payload, temporary)
 
 
-def _build(name: str, node: dict, path: Path) -> nn.Module:
-    target = str(node.get("_target_", ""))
-    if not target.startswith(_ALLOWED_TARGET_PREFIX):
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(item, _PLAIN_TYPES) for item in value)
+    return isinstance(value, _PLAIN_TYPES)
+
+
+def _build(name: str, node: Any, path: Path) -> nn.Module:
+    """The network `name` from its stored config: a listed class called with plain values."""
+    if not isinstance(node, dict):
+        raise CheckpointError(f"{path}: network '{name}' is not a mapping of settings")
+    target = node.get("_target_")
+    network_class = NETWORK_CLASSES.get(target) if isinstance(target, str) else None
+    if network_class is None:
         raise CheckpointError(f"{path}: network '{name}' names {target!r}, not a cascade network")
-    return instantiate(node)
+    arguments = {}
+    for key, value in node.items():
+        if key == "_target_":
+            continue
+        if not isinstance(key, str) or key.startswith("_") or not _is_plain(value):
+            raise CheckpointError(
+                f"{path}: network '{name}' setting {key!r} is not a plain value; refused"
+            )
+        arguments[key] = value
+    try:
+        return network_class(**arguments)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: network '{name}' cannot be built ({error})") from None
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> CascadeModel:
@@ -88,6 +125,9 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path}: trained on modalities {payload['modalities']}, expected {MODALITIES}"
         )
+    labels = payload.get("settings", {}).get("labels")
+    if labels is not None and labels not in SCHEMES:
+        raise CheckpointError(f"{path}: unknown label scheme {labels!r} in the settings")
     modules = {}
     for name in ("stage1", "stage2", "mix"):
         module = _build(name, payload["networks"][name], path)
@@ -104,7 +144,7 @@ def build_predictor(
     min_enhancing_voxels: int | None = None,
 ):
     """A CascadePredictor with the checkpoint's settings (``tta`` None: the trained default)."""
-    from cascade.data.transforms import build_preprocessing
+    from cascade.data.preprocess import Preprocessor
     from cascade.inference.cascade import CascadePredictor
     from cascade.inference.multiview import slab_batch_size
 
@@ -114,7 +154,7 @@ def build_predictor(
         stage1_net=model.stage1,
         stage2_net=model.stage2,
         mix=model.mix,
-        preprocessing=build_preprocessing(**settings["preprocessing"]),
+        preprocessing=Preprocessor.from_settings(settings["preprocessing"]),
         slab_depth=settings["slab_depth"],
         views=settings["views"],
         stage1_plane_size=settings["slab_size"],
@@ -131,4 +171,5 @@ def build_predictor(
             if min_enhancing_voxels is None
             else min_enhancing_voxels
         ),
+        scheme=model.scheme,
     )

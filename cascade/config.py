@@ -15,10 +15,28 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 _DDP_JOB_ENV = "CASCADE_DDP_JOB"
 
 
+def _label_classes(labels: str) -> int:
+    from cascade.data.labels import get_scheme
+
+    if labels == "auto":
+        raise ValueError(
+            "data.labels is auto: the class count is known once the data are read "
+            "(cascade.train settles it at start-up; set data.labels=<scheme> to fix it)"
+        )
+    return get_scheme(labels).num_classes
+
+
 def register_resolvers() -> None:
-    """``${mul:a,b}`` for derived sizes such as Stage 1's input channels (4 x slab depth)."""
-    if not OmegaConf.has_resolver("mul"):
-        OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b))
+    """Resolvers for derived sizes: ``${mul:a,b}``, ``${add:a,b}`` (Stage 1's input channels,
+    4 x slab depth; Stage 2's, 4 + classes) and ``${label_classes:scheme}``."""
+    resolvers = {
+        "mul": lambda a, b: int(a) * int(b),
+        "add": lambda a, b: int(a) + int(b),
+        "label_classes": _label_classes,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def export_job_for_ddp_children(run_dir: Path, overrides: list[str]) -> None:

@@ -1,6 +1,7 @@
-"""BraTS region metrics: Dice, HD95 (mm), sensitivity and specificity for WT, TC and ET.
+"""BraTS region metrics: Dice, HD95 (mm), sensitivity and specificity per region of a scheme.
 
-Inputs are class maps 0..3 (see cascade.data.labels). Empty regions follow the BraTS rule:
+Inputs are class maps (see cascade.data.labels); the regions are the label scheme's (WT, TC, ET,
+and RC for BraTS 2024), BraTS 2020's by default. Empty regions follow the BraTS rule:
 empty in both truth and prediction gives Dice 1 and HD95 0; empty in exactly one gives Dice 0
 and HD95 HD95_EMPTY_MM. HD95 is MONAI's definition: the larger of the two directed 95th
 percentile surface distances (prediction -> truth, truth -> prediction), in mm.
@@ -8,55 +9,68 @@ percentile surface distances (prediction -> truth, truth -> prediction), in mm.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torchmetrics import Metric
 
-from cascade.data.labels import NUM_CLASSES, REGIONS
+from cascade.data.labels import DEFAULT_SCHEME, MAX_CLASSES
 
-REGION_NAMES: tuple[str, ...] = tuple(REGIONS)  # ("wt", "tc", "et")
+Regions = Mapping[str, tuple[int, ...]]
+DEFAULT_REGIONS: Regions = DEFAULT_SCHEME.regions
+REGION_NAMES: tuple[str, ...] = tuple(DEFAULT_REGIONS)  # ("wt", "tc", "et")
 
 # HD95 when a region is empty in exactly one of truth and prediction: the BraTS challenge value,
 # the diagonal of the 240 x 240 x 155 volume at 1 mm, sqrt(240^2 + 240^2 + 155^2).
 HD95_EMPTY_MM = 373.13
 
-METRIC_KEYS: tuple[str, ...] = tuple(
-    f"{metric}_{region}" for metric in ("dice", "hd95", "sens", "spec") for region in REGION_NAMES
-)
 
-# (regions, classes) membership: REGION_MEMBERSHIP[r, c] is True when class c belongs to region r.
-REGION_MEMBERSHIP = torch.tensor(
-    [[c in members for c in range(NUM_CLASSES)] for members in REGIONS.values()]
-)
+def metric_keys(regions: Regions = DEFAULT_REGIONS) -> tuple[str, ...]:
+    """Per-case metric names: dice_<region> ..., hd95_..., sens_..., spec_..."""
+    return tuple(
+        f"{metric}_{region}" for metric in ("dice", "hd95", "sens", "spec") for region in regions
+    )
 
 
-def region_confusion(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample, per-region confusion counts from class maps (B, ...) -> (B, 3, 4) int64.
+METRIC_KEYS: tuple[str, ...] = metric_keys()
 
-    The last axis is (tp, fp, fn, tn); regions are ordered as REGIONS. One bincount over the
+
+def region_membership(regions: Regions, num_classes: int = MAX_CLASSES) -> torch.Tensor:
+    """(regions, classes) bool: [r, c] is True when class c belongs to region r."""
+    return torch.tensor(
+        [[c in members for c in range(num_classes)] for members in regions.values()]
+    )
+
+
+def region_confusion(
+    prediction: torch.Tensor, target: torch.Tensor, regions: Regions = DEFAULT_REGIONS
+) -> torch.Tensor:
+    """Per-sample, per-region confusion counts from class maps (B, ...) -> (B, R, 4) int64.
+
+    The last axis is (tp, fp, fn, tn); regions are ordered as `regions`. One bincount over the
     joint (prediction, target) class pair per voxel, so the cost is a single pass.
     """
+    # Counted over MAX_CLASSES classes, which every scheme's fit into (absent ones count 0).
     if prediction.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(prediction.shape)} != {tuple(target.shape)}")
     batch = prediction.shape[0]
     # The narrowest integer type that holds the pair index: on a full brain volume, int64
     # arithmetic costs 10x more than the counting itself on CPU.
-    pair = prediction.reshape(batch, -1).to(torch.uint8) * NUM_CLASSES + target.reshape(
+    pair = prediction.reshape(batch, -1).to(torch.uint8) * MAX_CLASSES + target.reshape(
         batch, -1
     ).to(torch.uint8)
     if batch > 1:
         wide = (
-            torch.int16 if batch * NUM_CLASSES**2 <= torch.iinfo(torch.int16).max else torch.int32
+            torch.int16 if batch * MAX_CLASSES**2 <= torch.iinfo(torch.int16).max else torch.int32
         )
         offsets = torch.arange(batch, device=pair.device, dtype=wide).unsqueeze(1)
-        pair = pair.to(wide) + offsets * NUM_CLASSES**2
-    joint = torch.bincount(pair.reshape(-1), minlength=batch * NUM_CLASSES**2)
-    joint = joint.reshape(batch, NUM_CLASSES, NUM_CLASSES)  # [b, predicted class, true class]
+        pair = pair.to(wide) + offsets * MAX_CLASSES**2
+    joint = torch.bincount(pair.reshape(-1), minlength=batch * MAX_CLASSES**2)
+    joint = joint.reshape(batch, MAX_CLASSES, MAX_CLASSES)  # [b, predicted class, true class]
 
-    inside = REGION_MEMBERSHIP.to(device=joint.device, dtype=joint.dtype)
+    inside = region_membership(regions).to(device=joint.device, dtype=joint.dtype)
     outside = 1 - inside
     # masked sums, not einsum: CUDA has no integer matrix product, and the counts must stay exact
     counts = [
@@ -72,7 +86,7 @@ def region_confusion(prediction: torch.Tensor, target: torch.Tensor) -> torch.Te
 
 
 def dice_from_confusion(confusion: torch.Tensor) -> torch.Tensor:
-    """Dice (..., 3) from counts (..., 3, 4); 1 where the region is empty in both."""
+    """Dice (..., R) from counts (..., R, 4); 1 where the region is empty in both."""
     tp, fp, fn = (confusion[..., i].to(torch.float64) for i in range(3))
     denominator = 2 * tp + fp + fn
     return torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), 1.0)
@@ -101,11 +115,14 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) ->
 
 
 def case_metrics(
-    prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    spacing: Sequence[float],
+    regions: Regions = DEFAULT_REGIONS,
 ) -> dict[str, float]:
-    """All region metrics of one case: class maps (X, Y, Z) 0..3, spacing in mm per axis.
+    """All region metrics of one case: class maps (X, Y, Z), spacing in mm per axis.
 
-    Returns the keys of METRIC_KEYS (dice_wt ... spec_et) as floats.
+    Returns the keys of metric_keys(regions) (dice_wt ... spec_et) as floats.
     """
     prediction, truth = np.asarray(prediction), np.asarray(truth)
     if prediction.shape != truth.shape:
@@ -113,12 +130,13 @@ def case_metrics(
     if len(spacing) != prediction.ndim:
         raise ValueError(f"spacing {tuple(spacing)} does not match {prediction.ndim} dimensions")
     for name, array in (("prediction", prediction), ("truth", truth)):
-        if array.size and (array.min() < 0 or array.max() >= NUM_CLASSES):
-            raise ValueError(f"{name} holds values outside the classes 0..{NUM_CLASSES - 1}")
+        if array.size and (array.min() < 0 or array.max() >= MAX_CLASSES):
+            raise ValueError(f"{name} holds values outside the classes 0..{MAX_CLASSES - 1}")
 
     confusion = region_confusion(
         torch.from_numpy(np.ascontiguousarray(prediction, dtype=np.uint8))[None],
         torch.from_numpy(np.ascontiguousarray(truth, dtype=np.uint8))[None],
+        regions,
     )[0]
     dice = dice_from_confusion(confusion).numpy()
     tp, fp, fn, tn = confusion.to(torch.float64).unbind(-1)
@@ -126,22 +144,21 @@ def case_metrics(
     sensitivity = torch.where(tp + fn > 0, tp / (tp + fn).clamp(min=1), 1.0).numpy()
     specificity = torch.where(tn + fp > 0, tn / (tn + fp).clamp(min=1), 1.0).numpy()
 
-    # Every region lies inside the whole tumor (any nonzero class), so one crop to the WT union
-    # serves all three.
+    # Every region lies inside the union of the nonzero classes, so one crop serves them all.
     whole = (prediction > 0) | (truth > 0)
     box = _bounding_box(whole, margin=1) if whole.any() else (slice(0, 0),) * prediction.ndim
     predicted_crop, true_crop = prediction[box], truth[box]
 
     result: dict[str, float] = {}
-    for index, region in enumerate(REGION_NAMES):
+    for index, region in enumerate(regions):
         result[f"dice_{region}"] = float(dice[index])
-    for region, members in REGIONS.items():
+    for region, members in regions.items():
         result[f"hd95_{region}"] = hd95(
             np.isin(predicted_crop, members), np.isin(true_crop, members), spacing
         )
-    for index, region in enumerate(REGION_NAMES):
+    for index, region in enumerate(regions):
         result[f"sens_{region}"] = float(sensitivity[index])
-    for index, region in enumerate(REGION_NAMES):
+    for index, region in enumerate(regions):
         result[f"spec_{region}"] = float(specificity[index])
     return result
 
@@ -185,29 +202,30 @@ def summarize(
 
 
 class RegionDice(Metric):
-    """Mean per-sample Dice of WT, TC and ET with the BraTS empty rule, for LightningModules.
+    """Mean per-sample Dice of each region with the BraTS empty rule, for LightningModules.
 
-    update(prediction (B, ...), target (B, ...)) takes class maps 0..3; compute() returns
-    {"wt", "tc", "et", "mean"} as scalar tensors. Sum/count states reduce correctly under DDP.
+    update(prediction (B, ...), target (B, ...)) takes class maps; compute() returns
+    {"wt", "tc", "et", ..., "mean"} as scalar tensors. Sum/count states reduce correctly under DDP.
     """
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, regions: Regions = DEFAULT_REGIONS, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("dice_sum", default=torch.zeros(len(REGIONS)), dist_reduce_fx="sum")
+        self.regions = {name: tuple(members) for name, members in regions.items()}
+        self.add_state("dice_sum", default=torch.zeros(len(self.regions)), dist_reduce_fx="sum")
         self.add_state("samples", default=torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
-        dice = dice_from_confusion(region_confusion(prediction, target))  # (B, 3)
+        dice = dice_from_confusion(region_confusion(prediction, target, self.regions))  # (B, R)
         self.dice_sum += dice.sum(dim=0).to(self.dice_sum.dtype)
         self.samples += dice.shape[0]
 
     def compute(self) -> dict[str, torch.Tensor]:
         per_region = self.dice_sum / self.samples
-        result = dict(zip(REGION_NAMES, per_region.unbind(0), strict=True))
+        result = dict(zip(self.regions, per_region.unbind(0), strict=True))
         result["mean"] = per_region.mean()
         return result
 

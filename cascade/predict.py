@@ -1,24 +1,28 @@
 """Segment new patients: ``python -m cascade.predict --checkpoint CKPT --input PATH --output DIR``.
 
-PATH is a case folder or a dataset folder in any supported BraTS naming. Each case is written as
-``<case-id>.nii.gz`` (``<case-id>-seg.nii.gz`` for the 2023 naming) with the input's affine and
-header and labels in the input's convention. A bad case is reported in one line and skipped.
+PATH is a case folder or a dataset folder of any supported release. Each case is written as
+``<case-id>.nii.gz`` (``<case-id>-seg.nii.gz`` for the 2023 naming) on the input's exact grid,
+with its affine and header and labels in the input's convention; a case on another grid than the
+model's is resampled to it and back. A bad case is reported in one line and skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from cascade.checkpoint import CheckpointError, build_predictor, load_checkpoint
-from cascade.data.cases import CaseError, scan_cases, validate_case
+from cascade.data.cases import read_modality
+from cascade.data.discovery import scan_cases
+from cascade.data.errors import CaseError
 from cascade.data.nifti import write_segmentation
+from cascade.data.validation import validate_case
 from cascade.viz import save_overlay
 
 
@@ -67,8 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             skipped += 1
             continue
         try:
-            validate_case(case)
-            prediction = predictor.predict(case)
+            # a label, if there is one, is not read: predicting needs none
+            unlabelled = dataclasses.replace(case, label=None)
+            validate_case(unlabelled)
+            prediction = predictor.predict(unlabelled)
         except CaseError as error:
             tqdm.write(f"skipped: {error}")
             failed += 1
@@ -77,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_segmentation(target, prediction.labels, meta.nifti_header(), np.asarray(meta.affine))
         written += 1
         if args.overlays:
-            flair = np.asanyarray(nib.load(case.images["flair"]).dataobj)
+            flair = read_modality(case, "flair")
             save_overlay(
                 args.output / f"{case.case_id}.png", flair, prediction.classes, title=case.case_id
             )

@@ -124,7 +124,7 @@ def test_rejects_bad_inputs():
     with pytest.raises(ValueError, match="shape"):
         case_metrics(volume, np.zeros((4, 4, 5), dtype=np.uint8), (1, 1, 1))
     with pytest.raises(ValueError, match="classes"):
-        case_metrics(volume + 4, volume, (1, 1, 1))
+        case_metrics(volume + 5, volume, (1, 1, 1))
 
 
 def test_region_dice_equals_case_metrics_over_batches():

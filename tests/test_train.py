@@ -23,9 +23,9 @@ from cascade.config import CONFIG_DIR, register_resolvers
 TINY = [
     "+experiment=smoke",
     "logger=csv",
-    "data.synthetic.cases=4",
+    "synthetic.cases=4",
     "data.split.val_count=1",
-    "data.synthetic.shape=[40,40,32]",
+    "synthetic.shape=[40,40,32]",
     "data.stage1.slab_size=[40,40]",
     "data.stage1.train_slabs_per_epoch=16",
     "data.stage1.val_slabs=8",
@@ -160,20 +160,20 @@ def test_an_interrupted_stage2_fit_resumes_from_its_checkpoint(smoke_run) -> Non
     overrides = [*TINY, f"cache_dir={cache}", "logger=none", "trainer.stage2.max_epochs=3"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
-    cases = prepare.prepare_cases(cfg.data)
+    cases = prepare.prepare_cases(cfg.data, cfg.synthetic)
     train_ids, val_ids = prepare.prepare_split(cases, cfg.data.split, run)
-    store = prepare.prepare_cache(cases, cfg.preprocessing, cache)
-    _, weights = stages.fit_stage1(cfg, store, train_ids, val_ids, None)
+    store, cases, scheme = prepare.prepare_cache(cases, cfg.preprocessing, cache, cfg.data.labels)
+    _, weights = stages.fit_stage1(cfg, scheme, store, train_ids, val_ids, None)
     tag = stages.file_tag(weights)
     folder = stages.stage2_folder(cfg, tag, train_ids, val_ids)
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        stages.fit_stage2(cfg, store, train_ids, val_ids, tag, None, [_CrashAtEpoch(2)])
+        stages.fit_stage2(cfg, scheme, store, train_ids, val_ids, tag, None, [_CrashAtEpoch(2)])
     saved = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert not (folder / "stage2.pt").exists()  # an interrupted fit is not taken as finished
 
     resumed = _Steps()
-    stages.fit_stage2(cfg, store, train_ids, val_ids, tag, None, [resumed])
+    stages.fit_stage2(cfg, scheme, store, train_ids, val_ids, tag, None, [resumed])
     steps_per_epoch = resumed.last // 3
     assert steps_per_epoch > 0
     assert saved["global_step"] >= steps_per_epoch  # at least the first epoch was saved

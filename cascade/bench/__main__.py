@@ -24,7 +24,10 @@ from hydra.utils import instantiate
 from cascade.bench import inference, loading, networks
 from cascade.bench.measure import compose, machine, median, time_calls
 from cascade.bench.report import write_report
-from cascade.data.cases import CaseError, discover_cases
+from cascade.data.discovery import discover_cases
+from cascade.data.errors import CaseError
+from cascade.data.labels import DEFAULT_SCHEME
+from cascade.pipeline.stages import build_loss
 
 SECTIONS = ("preprocessing", "loading", "networks", "inference", "profile", "compile")
 PRIOR_TAG = "bench"
@@ -93,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # as the Trainer does with the same setting
     torch.backends.cudnn.benchmark = bool(cfg.trainer.benchmark)
     notes = [
-        f"synthetic cases of {'x'.join(map(str, cfg.data.synthetic.shape))} voxels "
+        f"synthetic cases of {'x'.join(map(str, cfg.synthetic.shape))} voxels "
         "(cascade.data.synthetic), read from .nii.gz and cached as the training run does",
         "networks are untrained: speed does not depend on the weights",
     ]
@@ -253,7 +256,7 @@ def _profiles(cfg, experiment, smoke, cache, sizes, device, quick) -> dict:
 
     step = networks.TrainStep(
         instantiate(experiment.model.stage2),
-        instantiate(experiment.model.loss),
+        build_loss(experiment, DEFAULT_SCHEME),
         instantiate(experiment.model.optimizer),
         torch.softmax(torch.randn(sizes.stage2_batch, 8, *sizes.stage2_patch), dim=1),
         torch.randint(4, (sizes.stage2_batch, *sizes.stage2_patch)),

@@ -15,10 +15,13 @@ from cascade.bench.networks import NNUNET_PATCH, nnunet_plain_unet
 from cascade.checkpoint import CascadeModel, build_predictor
 from cascade.data.cache import PreprocessCache
 from cascade.data.cases import Case
-from cascade.data.labels import NUM_CLASSES
+from cascade.data.labels import DEFAULT_SCHEME
 from cascade.inference.cascade import CascadePredictor, mirrored_softmax, tumor_box
 from cascade.inference.sliding import evaluated_region, sliding_window_predict
 from cascade.pipeline import model_settings
+
+# The bench measures the four-class BraTS 2020 scheme of the paper.
+NUM_CLASSES = DEFAULT_SCHEME.num_classes
 
 
 def untrained_predictor(cfg: DictConfig, device: torch.device, tta: bool) -> CascadePredictor:

@@ -20,12 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from cascade.bench.measure import MIB, median
 from cascade.data.cache import PreprocessCache
-from cascade.data.cases import Case, discover_cases
-from cascade.data.labels import NUM_CLASSES
+from cascade.data.cases import Case
+from cascade.data.discovery import discover_cases
+from cascade.data.labels import DEFAULT_SCHEME, class_probabilities
 from cascade.data.patches import PatchBatches, empty_patches
 from cascade.data.stage1 import Stage1DataModule
 from cascade.data.stage2 import Stage2DataModule
 from cascade.data.synthetic import write_dataset
+
+# The bench measures the four-class BraTS 2020 scheme of the paper.
+NUM_CLASSES = DEFAULT_SCHEME.num_classes
 
 # Constructor arguments that only switch augmentation on; when conf/ does not (yet) give them,
 # the loader is measured with that augmentation off and the row says so.
@@ -73,7 +77,7 @@ def constructor_kwargs(
 
 def synthetic_cases(cfg: DictConfig, root: Path, count: int) -> list[Case]:
     """`count` synthetic cases of the configured shape and seed, written under `root`."""
-    synthetic = cfg.data.synthetic
+    synthetic = cfg.synthetic
     write_dataset(root, count, tuple(synthetic.shape), synthetic.seed, progress=False)
     return discover_cases(root)
 
@@ -102,7 +106,7 @@ def preprocessing_rows(
 ) -> list[dict[str, Any]]:
     """Median seconds of PreprocessCache.build for one case (read, crop, clip, z-score, write)."""
     rows = []
-    shape = "x".join(str(size) for size in cfg.data.synthetic.shape)
+    shape = "x".join(str(size) for size in cfg.synthetic.shape)
     default_threads = torch.get_num_threads()
     for threads in thread_counts:
         torch.set_num_threads(threads)
@@ -179,8 +183,8 @@ def stage2_loader(
     if patches_per_epoch is not None:
         runtime["patches_per_epoch"] = patches_per_epoch
     probabilities = node.get("label_probabilities")
-    if isinstance(probabilities, list):  # a list in conf/: class i -> probabilities[i]
-        runtime["label_probabilities"] = dict(enumerate(probabilities))
+    if isinstance(probabilities, dict):  # by class name in conf/
+        runtime["label_probabilities"] = class_probabilities(DEFAULT_SCHEME, probabilities)
     perturbation = cfg.data.stage2.get("perturbation")
     if perturbation is not None and "_target_" in perturbation:
         runtime["perturbation"] = instantiate(perturbation)
@@ -200,7 +204,7 @@ def loading_rows(
     """Stage-1 slabs/s and Stage-2 patches/s of the configured training loaders (after their
     first batch). Stage 2's prior perturbation, flips and intensity run later, on the device."""
     ids = cache.case_ids()
-    shape = "x".join(str(size) for size in cfg.data.synthetic.shape)
+    shape = "x".join(str(size) for size in cfg.synthetic.shape)
     rows = []
     for workers in stage1_workers:
         datamodule, off = stage1_loader(cfg, cache, ids, workers)
@@ -256,7 +260,7 @@ def stage2_breakdown(
         _, centre = patches.draw_centre(case_id)
         window = patches.window(case_id, centre)
         drawn = clock()
-        batch = empty_patches(1, patches.patch_size, shared=True)
+        batch = empty_patches(1, patches.patch_size, True, patches.num_classes)
         patches.read(case_id, window, {key: value[0] for key, value in batch.items()})
         read = clock()
         sent = sum(tensor.numel() * tensor.element_size() for tensor in batch.values())

@@ -22,7 +22,11 @@ from cascade.bench.measure import (
     synchronize,
     time_calls,
 )
-from cascade.data.labels import NUM_CLASSES
+from cascade.data.labels import DEFAULT_SCHEME
+from cascade.pipeline.stages import build_loss
+
+# The bench measures the four-class BraTS 2020 scheme of the paper.
+NUM_CLASSES = DEFAULT_SCHEME.num_classes
 
 FULL_VOLUME = (240, 240, 160)  # a whole BraTS volume, padded to a multiple of 32 in Z
 # nnU-Net's plan for BraTS: 6 stages of 32..320 features, 128^3 patches, batch 2
@@ -140,7 +144,7 @@ def measure_step(
         target = torch.randint(NUM_CLASSES, (batch, *spatial))
         step = TrainStep(
             net,
-            instantiate(cfg.model.loss),
+            build_loss(cfg, DEFAULT_SCHEME),
             instantiate(cfg.model.optimizer),
             inputs,
             target,

@@ -5,14 +5,14 @@ reuse these arrays)::
 
     settings.json                      the settings the hash was computed from
     cases/<case_id>/image.npy          float32 (4, x, y, z), C-contiguous, MODALITIES order
-    cases/<case_id>/label.npy          uint8 (x, y, z) classes 0..3, only for labelled cases
+    cases/<case_id>/label.npy          uint8 (x, y, z) classes of the label scheme, if labelled
     cases/<case_id>/class_locations.npz
                                        uint16 (N, 3) voxel coordinates per tumor class, at most
                                        LOCATIONS_PER_CLASS each (Stage-2 patch centres); labelled
-    cases/<case_id>/meta.json          crop box, original shape, affine, spacing, convention
+    cases/<case_id>/meta.json          crop box, model and input grids, label scheme and values
     cases/<case_id>/header.bin         NIfTI header bytes of the label (or t1) file
     cases/<case_id>/complete           written last: a folder without it is ignored and rebuilt
-    priors/<tag>/<case_id>.npy         float16 (4, x, y, z) Stage-1 probabilities
+    priors/<tag>/<case_id>.npy         float16 (classes, x, y, z) Stage-1 probabilities
 
 Every case folder and prior is written under a temporary name and renamed into place, so a
 killed process never leaves something that looks complete.
@@ -27,23 +27,20 @@ import shutil
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-import torchio as tio
 from tqdm.auto import tqdm
 
-from cascade.data.cases import MODALITIES, Case, load_subject
-from cascade.data.labels import NUM_CLASSES, LabelConvention
+from cascade.data.cases import Case
+from cascade.data.labels import LabelScheme
 from cascade.data.patches import sample_class_locations
-from cascade.data.transforms import CropBox, build_preprocessing
+from cascade.data.preprocess import CaseMeta, Preprocessor, preprocess_case
 
 # Part of the hashed settings: bump it when the stored arrays change meaning, so old caches
 # are not reused by new code.
-CACHE_VERSION = 2  # 2: class_locations.npz
+CACHE_VERSION = 3  # 2: class_locations.npz; 3: label schemes, model and input grids
 HASH_LENGTH = 12
 COMPLETE = "complete"
 CLASS_LOCATIONS = "class_locations.npz"
@@ -68,93 +65,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-@dataclass(frozen=True)
-class CaseMeta:
-    """What is needed to put a prediction back into the patient's original file geometry."""
-
-    case_id: str
-    crop_box: CropBox  # half-open ((x0, x1), (y0, y1), (z0, z1)) in the original grid
-    original_shape: tuple[int, int, int]
-    affine: list[list[float]]  # 4 x 4, of the original (uncropped) files
-    spacing: tuple[float, float, float]
-    convention: LabelConvention
-    header: bytes  # NIfTI header binary block of `header_source`, for writing predictions
-    header_source: str  # "label" or "t1"
-
-    @property
-    def cropped_shape(self) -> tuple[int, int, int]:
-        return tuple(stop - start for start, stop in self.crop_box)
-
-    def nifti_header(self) -> nib.Nifti1Header:
-        """The original file's header (NIfTI-1 or NIfTI-2) rebuilt from its bytes."""
-        header_class = nib.Nifti2Header if len(self.header) == 540 else nib.Nifti1Header
-        return header_class(binaryblock=self.header)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "case_id": self.case_id,
-            "crop_box": [list(pair) for pair in self.crop_box],
-            "original_shape": list(self.original_shape),
-            "affine": self.affine,
-            "spacing": list(self.spacing),
-            "convention": self.convention.value,
-            "header_source": self.header_source,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any], header: bytes) -> CaseMeta:
-        return cls(
-            case_id=data["case_id"],
-            crop_box=tuple((int(start), int(stop)) for start, stop in data["crop_box"]),
-            original_shape=tuple(int(size) for size in data["original_shape"]),
-            affine=[[float(value) for value in row] for row in data["affine"]],
-            spacing=tuple(float(value) for value in data["spacing"]),
-            convention=LabelConvention(data["convention"]),
-            header=header,
-            header_source=data["header_source"],
-        )
-
-
-def preprocess_case(
-    case: Case, preprocessing: tio.Transform
-) -> tuple[np.ndarray, np.ndarray | None, CaseMeta]:
-    """Load and preprocess one case; needs no label (also used on new patients).
-
-    Returns the image float32 (4, x, y, z) C-contiguous in MODALITIES order, the label uint8
-    (x, y, z) classes 0..3 or None, and the geometry to restore predictions.
-    """
-    header_source = "label" if case.label is not None else "t1"
-    reference_path = case.label if case.label is not None else case.images["t1"]
-    reference = nib.load(reference_path)  # reads the header only; the voxels stay on disk
-    original_shape = tuple(int(size) for size in reference.shape[:3])
-
-    subject = preprocessing(load_subject(case))
-
-    channels = []
-    for modality in MODALITIES:
-        data = subject[modality].data
-        if data.shape[0] != 1:
-            raise ValueError(f"{case.images[modality]}: expected one channel, got {data.shape[0]}")
-        channels.append(data[0].numpy())
-    image = np.stack(channels).astype(np.float32, copy=False)  # stack makes it C-contiguous
-    label = None
-    if "label" in subject:
-        label = np.ascontiguousarray(subject["label"].data[0].numpy(), dtype=np.uint8)
-
-    crop_box = subject.get("crop_box", tuple((0, size) for size in original_shape))
-    meta = CaseMeta(
-        case_id=case.case_id,
-        crop_box=tuple((int(start), int(stop)) for start, stop in crop_box),
-        original_shape=tuple(int(size) for size in subject.get("original_shape", original_shape)),
-        affine=np.asarray(reference.affine, dtype=float).tolist(),
-        spacing=tuple(float(zoom) for zoom in reference.header.get_zooms()[:3]),
-        convention=case.convention,
-        header=bytes(reference.header.binaryblock),
-        header_source=header_source,
-    )
-    return image, label, meta
 
 
 def _temp_name(name: str) -> str:
@@ -183,16 +93,16 @@ def _check_name(kind: str, name: str) -> None:
 class PreprocessCache:
     """Preprocessed arrays of many cases, built once per preprocessing setting.
 
-    `settings` are the keyword arguments of `build_preprocessing` (the preprocessing config);
-    their hash picks the folder root/preprocessed-<hash12>/. `preprocessing` overrides the
-    transform built from them (the settings must still describe it, they name the cache).
+    `settings` are the preprocessing config (`Preprocessor.from_settings`); their hash picks
+    the folder root/preprocessed-<hash12>/. `preprocessing` overrides the preprocessor built
+    from them (the settings must still describe it, they name the cache).
     """
 
     def __init__(
         self,
         root: Path | str,
         settings: Mapping[str, Any],
-        preprocessing: tio.Transform | None = None,
+        preprocessing: Preprocessor | None = None,
     ) -> None:
         self.settings = _plain(settings)
         self.hash = settings_hash(self.settings)
@@ -200,10 +110,10 @@ class PreprocessCache:
         self._preprocessing = preprocessing
 
     @property
-    def preprocessing(self) -> tio.Transform:
+    def preprocessing(self) -> Preprocessor:
         if self._preprocessing is None:
             try:
-                self._preprocessing = build_preprocessing(**self.settings)
+                self._preprocessing = Preprocessor.from_settings(self.settings)
             except TypeError as error:
                 raise ValueError(
                     f"{self.folder}: preprocessing settings {sorted(self.settings)} do not match "
@@ -220,9 +130,17 @@ class PreprocessCache:
     def is_complete(self, case_id: str) -> bool:
         return (self._case_folder(case_id) / COMPLETE).is_file()
 
+    def is_current(self, case: Case) -> bool:
+        """Complete, and its label classes are those `case`'s scheme gives its file values (a
+        2023 case stays valid as 2024, whose values 0..3 mean the same classes)."""
+        if not self.is_complete(case.case_id):
+            return False
+        meta = self.meta(case.case_id)
+        return _same_classes(meta.scheme, case.scheme, meta.label_values)
+
     def build(self, cases: Sequence[Case], progress: bool = True) -> None:
-        """Preprocess and store every case not already complete; atomic per case."""
-        todo = [case for case in cases if not self.is_complete(case.case_id)]
+        """Preprocess and store every case not already current; atomic per case."""
+        todo = [case for case in cases if not self.is_current(case)]
         if not todo:
             return
         (self.folder / "cases").mkdir(parents=True, exist_ok=True)
@@ -255,8 +173,6 @@ class PreprocessCache:
 
     @staticmethod
     def _move_into_place(temporary: Path, final: Path) -> None:
-        if (final / COMPLETE).is_file():  # another process finished it meanwhile
-            return
         if final.exists():  # left by an interrupted or older writer: not trusted
             shutil.rmtree(final)
         try:
@@ -310,12 +226,12 @@ class PreprocessCache:
         return np.load(self._complete_folder(case_id) / "image.npy", mmap_mode="r")
 
     def label(self, case_id: str) -> np.ndarray | None:
-        """Memory-mapped uint8 (x, y, z) classes 0..3, or None for an unlabelled case."""
+        """Memory-mapped uint8 (x, y, z) classes, or None for an unlabelled case."""
         path = self._complete_folder(case_id) / "label.npy"
         return np.load(path, mmap_mode="r") if path.is_file() else None
 
     def class_locations(self, case_id: str) -> dict[int, np.ndarray]:
-        """Tumor class (1..3) -> uint16 (N, 3) voxel coordinates, the bounded subsample stored
+        """Tumor class -> uint16 (N, 3) voxel coordinates, the bounded subsample stored
         with a labelled case (cascade.data.patches.sample_class_locations)."""
         folder = self._complete_folder(case_id)
         path = folder / CLASS_LOCATIONS
@@ -340,12 +256,11 @@ class PreprocessCache:
         return self._prior_path(case_id, tag).is_file()
 
     def write_prior(self, case_id: str, tag: str, prior: np.ndarray) -> None:
-        """Store Stage-1 probabilities (4, x, y, z) as float16, atomically."""
+        """Store Stage-1 probabilities (classes, x, y, z) as float16, atomically."""
         prior = np.asarray(prior)
-        if prior.ndim != 4 or prior.shape[0] != NUM_CLASSES:
+        if prior.ndim != 4:
             raise ValueError(
-                f"prior of case {case_id}: expected shape ({NUM_CLASSES}, x, y, z), "
-                f"got {prior.shape}"
+                f"prior of case {case_id}: expected shape (classes, x, y, z), got {prior.shape}"
             )
         if self.is_complete(case_id):
             expected = self.image(case_id).shape[1:]
@@ -364,11 +279,21 @@ class PreprocessCache:
             temporary.unlink(missing_ok=True)
 
     def prior(self, case_id: str, tag: str) -> np.ndarray:
-        """Memory-mapped float16 (4, x, y, z), read-only."""
+        """Memory-mapped float16 (classes, x, y, z), read-only."""
         path = self._prior_path(case_id, tag)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no prior {tag} for case {case_id}")
         return np.load(path, mmap_mode="r")
+
+
+def _same_classes(stored: LabelScheme, wanted: LabelScheme, values: Sequence[int]) -> bool:
+    if stored == wanted:
+        return True
+    if stored.invalid_values(np.asarray(values)) or wanted.invalid_values(np.asarray(values)):
+        return False
+    return np.array_equal(
+        stored.to_classes(np.asarray(values)), wanted.to_classes(np.asarray(values))
+    )
 
 
 def _process_alive(pid: int) -> bool:

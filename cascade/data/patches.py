@@ -26,18 +26,19 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, Dataset, get_worker_info
 
 from cascade.data.cases import MODALITIES
-from cascade.data.labels import NUM_CLASSES
+from cascade.data.labels import MAX_CLASSES
 
 # Voxel coordinates kept per tumor class and case: enough spread for centre draws, while a
 # worker never holds millions of indices (a BraTS brain has about 8M background voxels).
 LOCATIONS_PER_CLASS = 10_000
-TUMOR_CLASSES = tuple(range(1, NUM_CLASSES))
+# Every class but background, of the largest scheme; a class a case lacks has no locations.
+TUMOR_CLASSES = tuple(range(1, MAX_CLASSES))
 
 
 class PatchStore(Protocol):
     def image(self, case_id: str) -> np.ndarray: ...  # float32 (4, X, Y, Z), memory-mapped
-    def prior(self, case_id: str, tag: str) -> np.ndarray: ...  # (4, X, Y, Z) probabilities
-    def label(self, case_id: str) -> np.ndarray | None: ...  # uint8 (X, Y, Z) classes 0..3
+    def prior(self, case_id: str, tag: str) -> np.ndarray: ...  # (classes, X, Y, Z)
+    def label(self, case_id: str) -> np.ndarray | None: ...  # uint8 (X, Y, Z) classes
     def class_locations(self, case_id: str) -> Mapping[int, np.ndarray]: ...  # see below
 
 
@@ -80,13 +81,16 @@ def patch_start(centre: int, size: int, patch: int) -> int:
     return min(max(centre - patch // 2, 0), size - patch)
 
 
-def empty_patches(count: int, patch_size: Sequence[int], shared: bool) -> dict[str, Tensor]:
-    """Uninitialised image and prior (count, 4, *p) float16 and label (count, *p) uint8; in
+def empty_patches(
+    count: int, patch_size: Sequence[int], shared: bool, num_classes: int
+) -> dict[str, Tensor]:
+    """Uninitialised image (count, 4, *p) and prior (count, classes, *p) float16 and label
+    (count, *p) uint8; in
     shared memory when `shared`, as DataLoader's own collate does in a worker, so that sending
     them to the training process copies nothing."""
     shapes = {
         "image": ((count, len(MODALITIES), *patch_size), torch.float16),
-        "prior": ((count, NUM_CLASSES, *patch_size), torch.float16),
+        "prior": ((count, num_classes, *patch_size), torch.float16),
         "label": ((count, *patch_size), torch.uint8),
     }
     patches = {}
@@ -131,12 +135,12 @@ class RandomPatches(Dataset):
             raise ValueError("RandomPatches: no cases to draw patches from")
         if length < 1:
             raise ValueError(f"RandomPatches: length must be positive, got {length}")
-        unknown = set(label_probabilities) - set(range(NUM_CLASSES))
+        unknown = set(label_probabilities) - set(range(MAX_CLASSES))
         weights = list(label_probabilities.values())
         if unknown or not weights or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(
-                "RandomPatches: label_probabilities needs classes 0..3 with non-negative "
-                f"weights, not all zero; got {dict(label_probabilities)}"
+                f"RandomPatches: label_probabilities needs classes 0..{MAX_CLASSES - 1} with "
+                f"non-negative weights, not all zero; got {dict(label_probabilities)}"
             )
         self.store = store
         self.case_ids = list(case_ids)
@@ -146,6 +150,10 @@ class RandomPatches(Dataset):
         self.length = length
         # checked at start-up, not when a worker first meets the case
         self.shapes = {case_id: self._checked_shape(case_id) for case_id in self.case_ids}
+        prior_channels = {self.store.prior(case_id, prior_tag).shape[0] for case_id in case_ids}
+        if len(prior_channels) != 1:
+            raise ValueError(f"RandomPatches: priors of differing class counts {prior_channels}")
+        self.num_classes = prior_channels.pop()
         self._opened: dict[str, _CaseArrays] = {}
 
     def _checked_shape(self, case_id: str) -> tuple[int, int, int]:
@@ -230,7 +238,8 @@ class RandomPatches(Dataset):
         return self.read(case_id, self.window(case_id, centre), out)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        patch = {key: value[0] for key, value in empty_patches(1, self.patch_size, False).items()}
+        empty = empty_patches(1, self.patch_size, False, self.num_classes)
+        patch = {key: value[0] for key, value in empty.items()}
         return self.fill(index, patch)
 
 
@@ -247,7 +256,9 @@ class PatchBatches(Dataset):
 
     def __getitem__(self, indices: Sequence[int]) -> dict[str, Tensor]:
         in_worker = get_worker_info() is not None
-        batch = empty_patches(len(indices), self.patches.patch_size, shared=in_worker)
+        batch = empty_patches(
+            len(indices), self.patches.patch_size, in_worker, self.patches.num_classes
+        )
         for position, index in enumerate(indices):
             self.patches.fill(index, {key: value[position] for key, value in batch.items()})
         return batch

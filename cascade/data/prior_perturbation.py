@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor, nn
 
-from cascade.data.labels import NUM_CLASSES
+# Classes 1..3 (necrosis, edema, enhancing) make up the whole tumor; BraTS 2024's resection
+# cavity (class 4) is not tumor and is left as the prior has it.
+_TUMOR_CLASSES = (1, 2, 3)
 
 # connected components by label propagation are checked for convergence every few sweeps
 _SWEEPS_PER_CHECK = 8
@@ -65,10 +67,10 @@ class PriorPerturbation(nn.Module):
         self.noise_std = float(noise_std)
 
     def forward(self, prior: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """A perturbed float32 copy of `prior` (B, 4, X, Y, Z)."""
-        if prior.dim() != 5 or prior.shape[1] != NUM_CLASSES:
+        """A perturbed float32 copy of `prior` (B, classes, X, Y, Z), classes >= 4."""
+        if prior.dim() != 5 or prior.shape[1] < 4:
             raise ValueError(
-                f"PriorPerturbation: expected (B, {NUM_CLASSES}, X, Y, Z) probabilities, got "
+                "PriorPerturbation: expected (B, classes >= 4, X, Y, Z) probabilities, got "
                 f"shape {tuple(prior.shape)}"
             )
         result = prior.float().clone()
@@ -104,14 +106,14 @@ class PriorPerturbation(nn.Module):
 
 
 def perturb_prior(prior: Tensor, parameters: dict) -> Tensor:
-    """Apply one draw to float (4, X, Y, Z) probabilities, in place; returns `prior`.
+    """Apply one draw to float (classes, X, Y, Z) probabilities, in place; returns `prior`.
 
     parameters: "operations" = signed radii for WT, TC, ET (+r dilate, -r erode, 0 keep),
     "drop_probability", "blend" (weight of the perturbed one-hot), "noise_std", and optionally
     "generator" (CPU) for the component decisions.
     """
     classes = prior.argmax(0)
-    tumor = classes > 0
+    tumor = (classes >= _TUMOR_CLASSES[0]) & (classes <= _TUMOR_CLASSES[-1])
     if not bool(tumor.any()):
         return prior  # nothing to perturb: a tumor-free prior stays as it is
     margin = max(0, *(abs(radius) for radius in parameters["operations"])) + 1
@@ -119,7 +121,7 @@ def perturb_prior(prior: Tensor, parameters: dict) -> Tensor:
     crop = classes[box]
 
     # nested regions WT >= TC >= ET of the internal classes 1 necrosis, 2 edema, 3 enhancing
-    regions = [crop > 0, (crop == 1) | (crop == 3), crop == 3]
+    regions = [(crop >= 1) & (crop <= 3), (crop == 1) | (crop == 3), crop == 3]
     for index, radius in enumerate(parameters["operations"]):
         if radius != 0:
             regions[index] = cross_morphology(regions[index], abs(radius), grow=radius > 0)
@@ -133,14 +135,14 @@ def perturb_prior(prior: Tensor, parameters: dict) -> Tensor:
             whole = whole & ~torch.isin(components, dropped)
     core = core & whole
     enhancing = enhancing & core
-    perturbed = torch.zeros_like(crop)
+    perturbed = torch.where(crop > _TUMOR_CLASSES[-1], crop, torch.zeros_like(crop))
     perturbed[whole] = 2
     perturbed[core] = 1
     perturbed[enhancing] = 3
 
     region = prior[(slice(None), *box)]
     weight = float(parameters["blend"])
-    one_hot = F.one_hot(perturbed, NUM_CLASSES).movedim(-1, 0).to(region.dtype)
+    one_hot = F.one_hot(perturbed, prior.shape[0]).movedim(-1, 0).to(region.dtype)
     region = region * (1 - weight) + weight * one_hot
     if parameters["noise_std"] > 0:
         region = region * torch.exp(torch.randn_like(region) * parameters["noise_std"])

@@ -22,7 +22,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from cascade.data.cases import MODALITIES
-from cascade.data.labels import LabelConvention, from_classes
+from cascade.data.labels import SCHEMES
 
 BRATS_SHAPE = (240, 240, 155)
 MIN_SIZE = 24  # smaller volumes leave no room for cortex, ventricles and a tumor
@@ -104,7 +104,7 @@ def generate_phantom(
     classes = np.zeros(brain.size, np.uint8)
     classes[tumor.near] = tumor.classes
     label = np.zeros(shape, np.uint8)
-    label.reshape(-1)[brain.volume_index] = from_classes(classes, LabelConvention.BRATS2020)
+    label.reshape(-1)[brain.volume_index] = SCHEMES["brats2020"].from_classes(classes)
     tissue = np.zeros(shape, np.uint8)
     tissue.reshape(-1)[brain.volume_index] = tissues.dominant()
     return Phantom(images=images, label=label, tissue=tissue)

@@ -19,9 +19,10 @@ import torch
 import torchio as tio
 from torch import Tensor, nn
 
-from cascade.data.cache import CaseMeta, preprocess_case
-from cascade.data.cases import Case
-from cascade.data.labels import NUM_CLASSES, from_classes
+from cascade.data.cases import MODALITIES, Case
+from cascade.data.geometry import probabilities_onto_grid
+from cascade.data.labels import DEFAULT_SCHEME, LabelScheme, writing_scheme
+from cascade.data.preprocess import CaseMeta, Preprocessor, preprocess_case
 from cascade.data.transforms import uncrop
 from cascade.inference.multiview import predict_prior
 from cascade.inference.postprocess import suppress_small_enhancing
@@ -52,8 +53,8 @@ def mirrored_softmax(net: nn.Module, windows: Tensor, mirror: bool, autocast: bo
 class VolumePrediction:
     """Result on the preprocessed (cropped) grid (x, y, z)."""
 
-    probabilities: Tensor  # float32 (4, x, y, z) on the predictor's device: final mixed output
-    classes: np.ndarray  # uint8 (x, y, z) classes 0..3, post-processed
+    probabilities: Tensor  # float32 (classes, x, y, z) on the predictor's device: mixed output
+    classes: np.ndarray  # uint8 (x, y, z) classes, post-processed
     stage1_classes: np.ndarray  # uint8 (x, y, z) argmax of the Stage-1 prior
     stage2_box: Box | None  # where Stage 2 ran ((x0, x1), (y0, y1), (z0, z1)); None: skipped
     timings: dict[str, float]  # seconds: "stage1", "stage2"
@@ -61,10 +62,10 @@ class VolumePrediction:
 
 @dataclass(eq=False)
 class Prediction:
-    """Result of one case in its original geometry (full shape, crop undone)."""
+    """Result of one case on the input's grid (full shape, crop and any resampling undone)."""
 
     labels: np.ndarray  # uint8 (X, Y, Z) in the case's label convention, ready to write
-    classes: np.ndarray  # uint8 (X, Y, Z) classes 0..3, post-processed
+    classes: np.ndarray  # uint8 (X, Y, Z) classes, post-processed
     stage1_classes: np.ndarray  # uint8 (X, Y, Z) Stage-1 argmax
     stage2_box: Box | None  # on the preprocessed grid; None when Stage 2 was skipped
     timings: dict[str, float]  # seconds: read_preprocess, stage1, stage2, finish, total
@@ -92,6 +93,7 @@ class CascadePredictor:
     `tta` averages Stage-2 softmax over the 8 mirrorings; `stage1_tta` does the same for the
     prior (8x Stage-1 cost, and a smoother prior than the cached ones Stage 2 was trained on).
     `stage1_plane_size` pads slices as `predict_prior` does for the cached priors; give the same.
+    `scheme` is the label scheme the nets were trained on (their class count).
     """
 
     def __init__(
@@ -99,7 +101,7 @@ class CascadePredictor:
         stage1_net: nn.Module,
         stage2_net: nn.Module,
         mix: nn.Module,
-        preprocessing: tio.Transform,
+        preprocessing: Preprocessor | tio.Transform,
         slab_depth: int,
         views: Sequence[str],
         patch_size: Sequence[int],
@@ -114,6 +116,7 @@ class CascadePredictor:
         stage1_tta: bool = False,
         stage1_plane_size: Sequence[int] | None = None,
         weighting: str = "gaussian",
+        scheme: LabelScheme = DEFAULT_SCHEME,
     ) -> None:
         if len(patch_size) != 3:
             raise ValueError(f"patch_size must have 3 values, got {patch_size}")
@@ -123,7 +126,10 @@ class CascadePredictor:
         self.stage1_net = stage1_net.to(self.device).eval()
         self.stage2_net = stage2_net.to(self.device).eval()
         self.mix = mix.to(self.device).eval()
+        if not isinstance(preprocessing, Preprocessor):
+            preprocessing = Preprocessor(preprocessing)
         self.preprocessing = preprocessing
+        self.scheme = scheme
         self.slab_depth = slab_depth
         self.views = tuple(views)
         self.patch_size = tuple(int(size) for size in patch_size)
@@ -152,12 +158,12 @@ class CascadePredictor:
         volume = self.predict_arrays(image, roi_only=roi_only, roi=roi)
         stage2_done = time.perf_counter()
 
-        def restore(classes: np.ndarray) -> np.ndarray:
-            return uncrop(classes, meta.crop_box, meta.original_shape, fill=0).astype(np.uint8)
-
-        classes = restore(volume.classes)
-        stage1_classes = restore(volume.stage1_classes)
-        labels = from_classes(classes, case.convention)
+        if meta.resampled:
+            classes, stage1_classes = self._onto_input_grid(volume, meta)
+        else:
+            classes = _uncrop_classes(volume.classes, meta)
+            stage1_classes = _uncrop_classes(volume.stage1_classes, meta)
+        labels = writing_scheme(case.scheme, self.scheme).from_classes(classes)
         end = time.perf_counter()
         timings = {
             "read_preprocess": read_done - start,
@@ -167,15 +173,34 @@ class CascadePredictor:
         }
         return Prediction(labels, classes, stage1_classes, volume.stage2_box, timings, meta)
 
+    def _onto_input_grid(
+        self, volume: VolumePrediction, meta: CaseMeta
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cascade and Stage-1 classes on the input's grid: probabilities resampled, then the
+        argmax taken there (see cascade.data.geometry), then the post-processing."""
+        model_affine = np.asarray(meta.model_affine)
+        probabilities = _uncrop_probabilities(volume.probabilities.float().cpu(), meta)
+        resampled = probabilities_onto_grid(probabilities, model_affine, meta.input_grid)
+        classes = resampled.argmax(0).to(torch.uint8)
+        if self.min_enhancing_voxels:
+            classes = suppress_small_enhancing(classes, self.min_enhancing_voxels)
+        stage1 = torch.from_numpy(volume.stage1_classes.astype(np.int64))
+        one_hot = torch.nn.functional.one_hot(stage1, probabilities.shape[0]).movedim(-1, 0)
+        stage1_one_hot = _uncrop_probabilities(one_hot.float(), meta)
+        stage1_resampled = probabilities_onto_grid(stage1_one_hot, model_affine, meta.input_grid)
+        stage1_classes = stage1_resampled.argmax(0).to(torch.uint8)
+        return classes.numpy(), stage1_classes.numpy()
+
     @torch.inference_mode()
     def predict_arrays(
         self, image: np.ndarray | Tensor, roi_only: bool = True, roi: Box | None = None
     ) -> VolumePrediction:
         """Cascade on a preprocessed image (4, x, y, z); see `predict` for `roi_only` and `roi`."""
+        modalities = len(MODALITIES)
         if not torch.is_tensor(image):
             # A copy: cached images are read-only memory maps.
             image = torch.tensor(np.asarray(image), dtype=torch.float32)
-        if image.dim() != 4 or image.shape[0] != 4:
+        if image.dim() != 4 or image.shape[0] != modalities:
             raise ValueError(f"image must be (4, x, y, z), got shape {tuple(image.shape)}")
         image = image.to(self.device, torch.float32)
 
@@ -210,9 +235,9 @@ class CascadePredictor:
         )
 
     def _stage1_prior(self, image: Tensor) -> Tensor:
-        """Three-view Stage-1 probabilities (4, x, y, z), optionally mirror-averaged."""
+        """Three-view Stage-1 probabilities (classes, x, y, z), optionally mirror-averaged."""
         mirrorings = MIRROR_AXES if self.stage1_tta else ((),)
-        total = torch.zeros((NUM_CLASSES, *image.shape[1:]), device=self.device)
+        total = torch.zeros((self.scheme.num_classes, *image.shape[1:]), device=self.device)
         for axes in mirrorings:
             # Batch axes (2, 3, 4) are axes (1, 2, 3) of the unbatched (C, X, Y, Z) image.
             volume_axes = tuple(axis - 1 for axis in axes)
@@ -231,7 +256,7 @@ class CascadePredictor:
         return total / len(mirrorings)
 
     def _stage2(self, image: Tensor, prior: Tensor, box: Box) -> Tensor:
-        """Prior with the Stage-2 mixed probabilities pasted into `box` (4, x, y, z)."""
+        """Prior with the Stage-2 mixed probabilities pasted into `box` (classes, x, y, z)."""
         region = tuple(slice(start, stop) for start, stop in box)
         inputs = torch.cat([image[(slice(None), *region)], prior[(slice(None), *region)]])
         mixed = sliding_window_predict(
@@ -240,7 +265,7 @@ class CascadePredictor:
             patch_size=self.patch_size,  # type: ignore[arg-type]
             overlap=self.overlap,
             batch_size=self.stage2_batch_size,
-            num_outputs=NUM_CLASSES,
+            num_outputs=prior.shape[0],
             weighting=self.weighting,
         )
         probabilities = prior.clone()
@@ -248,11 +273,24 @@ class CascadePredictor:
         return probabilities
 
     def _mixed_windows(self, windows: Tensor) -> Tensor:
-        """(B, 8, *patch) image + prior windows -> (B, 4, *patch) mixed probabilities."""
+        """(B, 4 + classes, *patch) image + prior windows -> (B, classes, *patch) mixed."""
         stage2 = mirrored_softmax(self.stage2_net, windows, self.tta, self.autocast)
-        return self.mix(stage2, windows[:, 4:].float())
+        return self.mix(stage2, windows[:, len(MODALITIES) :].float())
 
     def _synchronize(self) -> None:
         # CUDA kernels run asynchronously: wait before reading the clock.
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def _uncrop_classes(classes: np.ndarray, meta: CaseMeta) -> np.ndarray:
+    return uncrop(classes, meta.crop_box, meta.original_shape, fill=0).astype(np.uint8)
+
+
+def _uncrop_probabilities(probabilities: Tensor, meta: CaseMeta) -> Tensor:
+    """(classes, x, y, z) on the crop -> (classes, *original_shape); background outside it."""
+    full = torch.zeros((probabilities.shape[0], *meta.original_shape), dtype=probabilities.dtype)
+    full[0] = 1.0
+    region = tuple(slice(start, stop) for start, stop in meta.crop_box)
+    full[(slice(None), *region)] = probabilities
+    return full

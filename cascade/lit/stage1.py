@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning as L
@@ -13,7 +13,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from cascade.lit.optim import optimizer_with_schedule
-from cascade.metrics import RegionDice
+from cascade.metrics import DEFAULT_REGIONS, RegionDice
 
 
 class Stage1Module(L.LightningModule):
@@ -30,6 +30,7 @@ class Stage1Module(L.LightningModule):
         loss: nn.Module,
         optimizer: Callable[[Iterable[Parameter]], Optimizer],
         scheduler: Callable[[Optimizer, int], LRScheduler] | None,
+        regions: Mapping[str, tuple[int, ...]] = DEFAULT_REGIONS,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
@@ -37,10 +38,10 @@ class Stage1Module(L.LightningModule):
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.val_dice = RegionDice()
+        self.val_dice = RegionDice(regions)
 
     def forward(self, slabs: Tensor) -> Tensor:
-        """(B, 4k, H, W) -> logits (B, 4, H, W)."""
+        """(B, 4k, H, W) -> logits (B, classes, H, W)."""
         return self.net(slabs)
 
     def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -12,10 +12,10 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
-from cascade.data.labels import NUM_CLASSES
+from cascade.data.cases import MODALITIES
 from cascade.inference.sliding import sliding_window_predict
 from cascade.lit.optim import optimizer_with_schedule
-from cascade.metrics import RegionDice
+from cascade.metrics import DEFAULT_REGIONS, RegionDice
 from cascade.nn.residual_mix import LearnableResidualMix
 
 
@@ -48,6 +48,7 @@ class Stage2Module(L.LightningModule):
         alpha_lr: float | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        regions: Mapping[str, tuple[int, ...]] = DEFAULT_REGIONS,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -70,10 +71,10 @@ class Stage2Module(L.LightningModule):
             self.net.compile()
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
-        self.val_dice = RegionDice()
+        self.val_dice = RegionDice(regions)
 
     def forward(self, image: Tensor, prior: Tensor) -> Tensor:
-        """image (B, 4, X, Y, Z), prior (B, 4, X, Y, Z) probabilities -> mixed probabilities."""
+        """image (B, 4, X, Y, Z), prior (B, classes, X, Y, Z) probabilities -> mixed ones."""
         inputs = torch.cat([image, prior.to(image.dtype)], dim=1)
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
@@ -92,8 +93,9 @@ class Stage2Module(L.LightningModule):
         return loss
 
     def _predict_patches(self, patches: Tensor) -> Tensor:
-        """(B, 8, *patch) = image + prior channels -> mixed probabilities (B, 4, *patch)."""
-        return self(patches[:, :-NUM_CLASSES], patches[:, -NUM_CLASSES:])
+        """(B, 4 + classes, *patch) = image + prior channels -> mixed (B, classes, *patch)."""
+        modalities = len(MODALITIES)
+        return self(patches[:, :modalities], patches[:, modalities:])
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         for image, prior, label in zip(batch["image"], batch["prior"], batch["label"], strict=True):
@@ -103,7 +105,7 @@ class Stage2Module(L.LightningModule):
                 patch_size=self.patch_size,
                 overlap=self.overlap,
                 batch_size=self.window_batch_size,
-                num_outputs=NUM_CLASSES,
+                num_outputs=prior.shape[0],
             )
             self.val_loss(self.loss(probabilities[None], label[None]))
             self.val_dice.update(probabilities.argmax(0)[None], label[None])
@@ -111,7 +113,7 @@ class Stage2Module(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         # compute() sums the per-case Dice over all ranks
         dice = self.val_dice.compute()
-        for region in ("wt", "tc", "et", "mean"):
+        for region in (*self.val_dice.regions, "mean"):
             self.log(f"stage2/val_dice_{region}", dice[region], prog_bar=region == "mean")
         self.log("stage2/val_loss", self.val_loss.compute())
         self.val_dice.reset()

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cascade.checkpoint import CascadeModel, build_predictor, save_checkpoint
 from cascade.config import export_job_for_ddp_children
@@ -40,6 +40,7 @@ def model_settings(cfg: DictConfig) -> dict:
         "patch_size": list(cfg.data.stage2.patch_size),
         "inference": OmegaConf.to_container(cfg.model.inference, resolve=True),
         "min_enhancing_voxels": cfg.evaluation.min_enhancing_voxels,
+        "labels": cfg.data.labels,
     }
 
 
@@ -52,20 +53,27 @@ def run(cfg: DictConfig) -> dict | None:
     export_job_for_ddp_children(run_dir, list(hydra_cfg.overrides.task))
     L.seed_everything(cfg.seed, workers=True)
 
-    cases = prepare_cases(cfg.data)
+    cases = prepare_cases(cfg.data, cfg.get("synthetic"))
+    cache, cases, scheme = prepare_cache(
+        cases, cfg.preprocessing, Path(cfg.cache_dir), cfg.data.labels
+    )
+    with open_dict(cfg):
+        # the class counts of the nets and the loss follow the detected scheme from here on
+        cfg.data.labels = scheme.name
     train_ids, val_ids = prepare_split(cases, cfg.data.split, run_dir)
-    cache = prepare_cache(cases, cfg.preprocessing, Path(cfg.cache_dir))
     logger = build_logger(cfg.get("logger"))
     if logger is not None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    stage1_net, stage1_weights = fit_stage1(cfg, cache, train_ids, val_ids, logger)
+    stage1_net, stage1_weights = fit_stage1(cfg, scheme, cache, train_ids, val_ids, logger)
     prior_tag = file_tag(stage1_weights)
     write_stage1_priors(cfg, stage1_net, cache, train_ids + val_ids, prior_tag)
     if cfg.stage == 1:
         return None
 
-    stage2_net, mix, alpha_history = fit_stage2(cfg, cache, train_ids, val_ids, prior_tag, logger)
+    stage2_net, mix, alpha_history = fit_stage2(
+        cfg, scheme, cache, train_ids, val_ids, prior_tag, logger
+    )
     if not _is_rank_zero():
         return None
     model = CascadeModel(stage1_net, stage2_net, mix, settings=model_settings(cfg))
@@ -82,13 +90,13 @@ def run(cfg: DictConfig) -> dict | None:
     val_cases = [case for case in cases if case.case_id in set(val_ids)]
     overlay_dir = run_dir / "overlays" if cfg.evaluation.overlay_cases else None
     rows = evaluate_cases(predictor, val_cases, overlay_dir, cfg.evaluation.overlay_cases)
-    metrics = run_metrics(rows, alpha=float(mix.alpha.detach()))
+    metrics = run_metrics(rows, scheme, alpha=float(mix.alpha.detach()))
     write_outputs(run_dir, rows, metrics)
     if logger is not None:
         logger.log_metrics({f"final/{key}": value for key, value in metrics.items()})
         _log_overlays(logger, overlay_dir)
         logger.finalize("success")
-    print(format_metrics(metrics))
+    print(format_metrics(metrics, scheme))
     print(f"outputs in {run_dir}")
     return metrics
 

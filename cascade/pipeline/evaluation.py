@@ -8,20 +8,18 @@ import json
 import logging
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from cascade.data.cases import Case
-from cascade.data.labels import to_classes
+from cascade.data.cases import Case, read_modality
+from cascade.data.labels import LabelScheme
+from cascade.data.nifti import read_volume
 from cascade.inference.cascade import CascadePredictor
 from cascade.io import write_text_atomic
 from cascade.metrics import case_metrics, summarize
 from cascade.viz import save_overlay
 
 log = logging.getLogger(__name__)
-
-REGIONS = ("wt", "tc", "et")
 
 
 def evaluate_cases(
@@ -31,11 +29,12 @@ def evaluate_cases(
     rows = []
     for index, case in enumerate(tqdm(cases, desc="evaluate", unit="case")):
         prediction = predictor.predict(case)
-        truth_image = nib.load(case.label)
-        truth = to_classes(np.asanyarray(truth_image.dataobj), case.convention)
+        truth_image, labels = read_volume(case.label)
+        truth = case.scheme.to_classes(np.rint(labels) if labels.dtype.kind == "f" else labels)
         spacing = truth_image.header.get_zooms()[:3]
-        cascade_metrics = case_metrics(prediction.classes, truth, spacing)
-        stage1_metrics = case_metrics(prediction.stage1_classes, truth, spacing)
+        regions = case.scheme.regions
+        cascade_metrics = case_metrics(prediction.classes, truth, spacing, regions)
+        stage1_metrics = case_metrics(prediction.stage1_classes, truth, spacing, regions)
         rows.append(
             {
                 "case_id": case.case_id,
@@ -45,9 +44,9 @@ def evaluate_cases(
             }
         )
         if overlay_dir is not None and index < overlay_cases:
-            flair = np.asanyarray(nib.load(case.images["flair"]).dataobj)
+            flair = read_modality(case, "flair")
             dice = " ".join(
-                f"{region.upper()} {cascade_metrics[f'dice_{region}']:.2f}" for region in REGIONS
+                f"{region.upper()} {cascade_metrics[f'dice_{region}']:.2f}" for region in regions
             )
             title = f"{case.case_id}: Dice {dice}"
             save_overlay(
@@ -56,19 +55,23 @@ def evaluate_cases(
     return rows
 
 
-def run_metrics(rows: list[dict[str, object]], alpha: float) -> dict[str, float]:
-    """metrics.json: means over cases (BraTS empty-region rule), alpha, and Stage 1 alone."""
+def run_metrics(
+    rows: list[dict[str, object]], scheme: LabelScheme, alpha: float
+) -> dict[str, float]:
+    """metrics.json: means over cases (BraTS empty-region rule) of each region of `scheme`,
+    alpha, and Stage 1 alone."""
+    regions = scheme.region_names
     numeric = [{k: v for k, v in row.items() if k != "case_id"} for row in rows]
     summary = summarize(numeric)
     metrics: dict[str, float] = {}
     for prefix in ("", "stage1_"):
-        for region in REGIONS:
+        for region in regions:
             metrics[f"{prefix}dice_{region}"] = summary[f"{prefix}dice_{region}"]["mean"]
             metrics[f"{prefix}hd95_{region}"] = summary[f"{prefix}hd95_{region}"]["mean"]
         metrics[f"{prefix}dice_mean"] = float(
-            np.mean([metrics[f"{prefix}dice_{region}"] for region in REGIONS])
+            np.mean([metrics[f"{prefix}dice_{region}"] for region in regions])
         )
-    for region in REGIONS:
+    for region in regions:
         metrics[f"dice_{region}_ci_low"] = summary[f"dice_{region}"]["ci_low"]
         metrics[f"dice_{region}_ci_high"] = summary[f"dice_{region}"]["ci_high"]
     metrics["alpha"] = alpha
@@ -86,14 +89,15 @@ def write_outputs(run_dir: Path, rows: list[dict[str, object]], metrics: dict[st
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
 
-def format_metrics(metrics: dict[str, float]) -> str:
-    lines = [f"{'':10}{'WT':>8}{'TC':>8}{'ET':>8}{'mean':>8}"]
+def format_metrics(metrics: dict[str, float], scheme: LabelScheme) -> str:
+    regions = scheme.region_names
+    lines = [f"{'':10}" + "".join(f"{region.upper():>8}" for region in regions) + f"{'mean':>8}"]
     for name, prefix in (("cascade", ""), ("stage 1", "stage1_")):
-        dice = [metrics[f"{prefix}dice_{region}"] for region in REGIONS] + [
+        dice = [metrics[f"{prefix}dice_{region}"] for region in regions] + [
             metrics[f"{prefix}dice_mean"]
         ]
         lines.append(f"{name + ' Dice':10}" + "".join(f"{value:8.3f}" for value in dice))
-    hd95 = [metrics[f"hd95_{region}"] for region in REGIONS]
+    hd95 = [metrics[f"hd95_{region}"] for region in regions]
     lines.append(f"{'HD95 mm':10}" + "".join(f"{value:8.2f}" for value in hd95))
     lines.append(f"alpha {metrics['alpha']:.3f}, {metrics['cases']} validation cases")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""First steps of a run: the cases (generated if synthetic), their check, the split, the cache."""
+"""First steps of a run: the cases (generated if synthetic), their check and label scheme, the
+split, the cache."""
 
 from __future__ import annotations
 
@@ -8,32 +9,51 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cascade.data.cache import PreprocessCache
-from cascade.data.cases import Case, CaseError, discover_cases, validate_case
+from cascade.data.cases import Case
+from cascade.data.discovery import scan_cases
+from cascade.data.errors import CaseError
+from cascade.data.labels import LabelScheme
 from cascade.data.split import read_split, split_cases, write_split
 from cascade.data.synthetic import write_dataset
+from cascade.data.validation import resolve_scheme, validate_case, with_scheme
 
 log = logging.getLogger(__name__)
+
+# Unlabelled cases named in the log line, at most.
+_NAMED_AT_MOST = 10
 
 
 class DataError(RuntimeError):
     """The dataset cannot be used; the message lists every bad case."""
 
 
-def prepare_cases(data: DictConfig) -> list[Case]:
-    """Discover (and for synthetic data first generate) the cases; all must be labelled."""
+def prepare_cases(data: DictConfig, synthetic: DictConfig | None = None) -> list[Case]:
+    """Discover (for generated data first generate) the labelled cases to train on.
+
+    Unlabelled cases (a release's validation folder beside its training folder) are left out
+    and named in the log; any other problem stops the run, listed as `cascade.check` lists it.
+    """
     root = Path(data.root)
-    if data.get("synthetic"):
-        synthetic = data.synthetic
+    if data.get("generate"):
+        if synthetic is None:
+            raise DataError("data.generate is set, but there are no synthetic settings")
         write_dataset(root, synthetic.cases, tuple(synthetic.shape), synthetic.seed)
-    try:
-        cases = discover_cases(root)
-    except CaseError as error:
-        raise DataError(str(error)) from None
+    cases, problems = scan_cases(root)
+    if problems:
+        raise DataError(
+            f"{len(problems)} problem(s) under {root} (python -m cascade.check lists them):\n"
+            + "\n".join(str(problem) for problem in problems)
+        )
     unlabelled = [case.case_id for case in cases if case.label is None]
+    labelled = [case for case in cases if case.label is not None]
+    if not labelled:
+        raise DataError(f"{root}: training needs labelled cases; none of {len(cases)} has a label")
     if unlabelled:
-        raise DataError(f"{root}: training needs labels; unlabelled: {', '.join(unlabelled[:5])}")
-    log.info("%d cases under %s", len(cases), root)
-    return cases
+        named = ", ".join(unlabelled[:_NAMED_AT_MOST])
+        more = f" and {len(unlabelled) - _NAMED_AT_MOST} more" if len(unlabelled) > 10 else ""
+        log.warning("left out %d unlabelled case(s): %s%s", len(unlabelled), named, more)
+    log.info("%d labelled cases under %s", len(labelled), root)
+    return labelled
 
 
 def prepare_split(
@@ -50,28 +70,48 @@ def prepare_split(
     return train, val
 
 
-def check_cases(cases: list[Case]) -> None:
-    """Validate cases (readable, one grid, finite, labels in convention); list every bad one."""
-    problems = []
+def check_cases(cases: list[Case]) -> dict[str, tuple[int, ...]]:
+    """Validate cases (readable, overlapping grids, finite, label values of their naming);
+    list every bad one. Returns the distinct label values of each labelled case."""
+    problems, values = [], {}
     for case in cases:
         try:
-            validate_case(case)
+            summary = validate_case(case)
         except CaseError as error:
             problems.append(str(error))
+            continue
+        values[case.case_id] = tuple(summary.label_counts)
     if problems:
         raise DataError(
             f"{len(problems)} bad case(s) (python -m cascade.check lists them):\n"
             + "\n".join(problems)
         )
+    return values
 
 
-def prepare_cache(cases: list[Case], preprocessing: DictConfig, cache_dir: Path) -> PreprocessCache:
-    """Preprocess every case once (crop, clip, robust z-score) into the memory-mapped cache.
+def prepare_cache(
+    cases: list[Case], preprocessing: DictConfig, cache_dir: Path, labels: str | None = None
+) -> tuple[PreprocessCache, list[Case], LabelScheme]:
+    """Settle the label scheme (`labels`, or detected), then preprocess every case once (to the
+    training geometry, crop, clip, robust z-score) into the memory-mapped cache.
 
-    Only cases not cached yet are validated: a cached case was checked when it was stored, and
-    re-reading a whole dataset on every run (and on every DDP rank) costs minutes.
+    Only cases not cached yet are read in full: a cached case was checked when it was stored
+    and its label values are in its meta, and re-reading a whole dataset on every run (and on
+    every DDP rank) costs minutes. Returns the cache, the cases in the scheme, and the scheme.
     """
     cache = PreprocessCache(cache_dir, OmegaConf.to_container(preprocessing, resolve=True))
-    check_cases([case for case in cases if not cache.is_complete(case.case_id)])
+    cached = {case.case_id for case in cases if cache.is_complete(case.case_id)}
+    values = check_cases([case for case in cases if case.case_id not in cached])
+    values.update({case_id: cache.meta(case_id).label_values for case_id in cached})
+    try:
+        scheme = resolve_scheme(cases, values, labels)
+    except CaseError as error:
+        raise DataError(str(error)) from None
+    cases = with_scheme(cases, scheme)
+    log.info(
+        "label scheme %s (%s)",
+        scheme.name,
+        "forced" if labels not in (None, "auto") else "detected",
+    )
     cache.build(cases)
-    return cache
+    return cache, cases, scheme

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cascade.data.cache import PreprocessCache, settings_hash
+from cascade.data.labels import LabelScheme, class_probabilities, class_weights
 from cascade.data.stage1 import Stage1DataModule
 from cascade.data.stage2 import Stage2DataModule
 from cascade.inference.multiview import slab_batch_size, write_priors
@@ -121,8 +122,16 @@ def stage2_folder(
     )  # fmt: skip
 
 
+def build_loss(cfg: DictConfig, scheme: LabelScheme) -> nn.Module:
+    """The loss with one weight per class of `scheme` (the config names weights by class)."""
+    node = _plain(cfg.model.loss)
+    node["class_weights"] = class_weights(scheme, node["class_weights"])
+    return instantiate(node)
+
+
 def fit_stage1(
     cfg: DictConfig,
+    scheme: LabelScheme,
     cache: PreprocessCache,
     train_ids: list[str],
     val_ids: list[str],
@@ -141,7 +150,8 @@ def fit_stage1(
         return net, weights
     module = Stage1Module(
         net=net,
-        loss=instantiate(cfg.model.loss),
+        regions=dict(scheme.regions),
+        loss=build_loss(cfg, scheme),
         optimizer=instantiate(cfg.model.optimizer),
         scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
     )
@@ -185,6 +195,7 @@ def write_stage1_priors(
 
 def fit_stage2(
     cfg: DictConfig,
+    scheme: LabelScheme,
     cache: PreprocessCache,
     train_ids: list[str],
     val_ids: list[str],
@@ -205,7 +216,8 @@ def fit_stage2(
     module = Stage2Module(
         net=net,
         mix=mix,
-        loss=instantiate(cfg.model.loss),
+        regions=dict(scheme.regions),
+        loss=build_loss(cfg, scheme),
         optimizer=instantiate(cfg.model.optimizer),
         scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
         patch_size=list(cfg.data.stage2.patch_size),
@@ -217,6 +229,7 @@ def fit_stage2(
     loading = _plain(cfg.data.stage2)
     perturbation = loading.pop("perturbation", None)  # null switches it off
     perturbation = instantiate(perturbation) if perturbation else None
+    loading["label_probabilities"] = class_probabilities(scheme, loading["label_probabilities"])
     datamodule = Stage2DataModule(
         cache, train_ids, val_ids, prior_tag, **loading, perturbation=perturbation, seed=cfg.seed
     )

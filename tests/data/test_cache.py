@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from cascade.data import cache as cache_module
-from cascade.data.cache import PreprocessCache, preprocess_case, settings_hash
-from cascade.data.cases import discover_cases
-from cascade.data.labels import LabelConvention, to_classes
+from cascade.data.cache import PreprocessCache, settings_hash
+from cascade.data.discovery import discover_cases
+from cascade.data.labels import SCHEMES
 from cascade.data.patches import LOCATIONS_PER_CLASS
+from cascade.data.preprocess import preprocess_case
 from cascade.data.transforms import build_preprocessing, uncrop
 
 SETTINGS = {"margin": 0, "lower_percentile": 0.5, "upper_percentile": 99.5}
@@ -46,14 +47,14 @@ def test_build_stores_cropped_normalised_case(tmp_path: Path, dataset: Path) -> 
 
     # The label comes back exactly, in classes (BraTS 2020 enhancing 4 -> 3).
     label_file = nib.load(cases[0].label)
-    original = to_classes(np.asarray(label_file.dataobj), LabelConvention.BRATS2020)
+    original = SCHEMES["brats2020"].to_classes(np.asarray(label_file.dataobj))
     assert set(np.unique(label)) == {0, 1, 2, 3}
     assert np.array_equal(uncrop(label, meta.crop_box, meta.original_shape), original)
     # Geometry and header of the original files, to write predictions back.
     assert meta.original_shape == SHAPE
     assert np.allclose(meta.affine, label_file.affine)
     assert meta.spacing == (1.0, 1.0, 1.0)
-    assert meta.convention is LabelConvention.BRATS2020
+    assert meta.scheme is SCHEMES["brats2020"]
     assert meta.header_source == "label"
     assert meta.header == label_file.header.binaryblock
     assert meta.nifti_header().get_data_shape() == SHAPE

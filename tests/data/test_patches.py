@@ -128,7 +128,7 @@ def test_a_batch_holds_the_items_of_its_indices_in_order() -> None:
     items = [patches[index] for index in (5, 0, 4)]
     for key in ("image", "prior", "label"):
         assert torch.equal(batch[key], torch.stack([item[key] for item in items]))
-    shared = empty_patches(2, PATCH, shared=True)  # what a loader worker builds
+    shared = empty_patches(2, PATCH, shared=True, num_classes=4)  # what a loader worker builds
     assert all(tensor.is_shared() for tensor in shared.values())
     assert shared["image"].shape == (2, 4, *PATCH) and shared["prior"].dtype == torch.float16
 

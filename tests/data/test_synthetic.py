@@ -6,7 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cascade.data.cases import MODALITIES, discover_cases, validate_case
+from cascade.data.cases import MODALITIES
+from cascade.data.discovery import discover_cases
 from cascade.data.synthetic import (
     case_seed,
     generate_case,
@@ -15,6 +16,7 @@ from cascade.data.synthetic import (
     main,
     write_dataset,
 )
+from cascade.data.validation import validate_case
 
 SHAPE = (48, 48, 32)
 CSF, GM, WM = 1, 2, 3

@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from cascade.data.cache import preprocess_case
-from cascade.data.cases import discover_cases
-from cascade.data.labels import LabelConvention
+from cascade.data.discovery import discover_cases
+from cascade.data.labels import SCHEMES
+from cascade.data.preprocess import preprocess_case
 from cascade.data.transforms import build_preprocessing
 from cascade.inference.cascade import CascadePredictor, tumor_box
 from cascade.inference.multiview import predict_prior
@@ -123,7 +123,7 @@ def test_labels_in_original_geometry_and_input_convention(case):
 def test_brats2023_case_keeps_enhancing_as_3(write_case, tmp_path):
     write_case(tmp_path / "in", naming="brats2023", shape=SHAPE)
     case = discover_cases(tmp_path / "in")[0]
-    assert case.convention is LabelConvention.BRATS2023
+    assert case.scheme is SCHEMES["brats2023"]
     predictor = make_predictor(
         IntensityStage1(3.0), ConstantStage2(winner=3), mix=LearnableResidualMix(0.999)
     )

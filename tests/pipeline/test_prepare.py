@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cascade.data.cases import discover_cases
+from cascade.data.discovery import discover_cases
 from cascade.pipeline import prepare
 
 PREPROCESSING = OmegaConf.create({"margin": 2, "lower_percentile": 0.5, "upper_percentile": 99.5})
@@ -25,12 +25,13 @@ def test_cached_cases_are_not_validated_again(tmp_path, write_case, monkeypatch)
     prepare.prepare_cache(cases, PREPROCESSING, tmp_path / "cache")
     validated = []
     monkeypatch.setattr(prepare, "validate_case", validated.append)
-    cache = prepare.prepare_cache(cases, PREPROCESSING, tmp_path / "cache")
+    cache, cases, scheme = prepare.prepare_cache(cases, PREPROCESSING, tmp_path / "cache")
     assert validated == [] and cache.case_ids() == ["A"]
+    assert scheme.name == "brats2020" and cases[0].scheme is scheme
 
 
 def test_training_needs_labels(tmp_path, write_case) -> None:
     write_case(tmp_path / "data", case_id="A", labelled=False)
-    data = OmegaConf.create({"root": str(tmp_path / "data"), "synthetic": None})
-    with pytest.raises(prepare.DataError, match="unlabelled: A"):
+    data = OmegaConf.create({"root": str(tmp_path / "data"), "generate": False})
+    with pytest.raises(prepare.DataError, match="needs labelled cases; none of 1"):
         prepare.prepare_cases(data)
