@@ -1,14 +1,22 @@
-"""BraTS region metrics: Dice, HD95 (mm), sensitivity and specificity per region of a scheme.
+"""BraTS region metrics: Dice, HD95 (mm), sensitivity, specificity and volumes per region.
 
 Inputs are class maps (see cascade.data.labels); the regions are the label scheme's (WT, TC, ET,
 and RC for BraTS 2024), BraTS 2020's by default. Empty regions follow the BraTS rule:
 empty in both truth and prediction gives Dice 1 and HD95 0; empty in exactly one gives Dice 0
-and HD95 HD95_EMPTY_MM. HD95 is MONAI's definition: the larger of the two directed 95th
-percentile surface distances (prediction -> truth, truth -> prediction), in mm.
+and HD95 HD95_EMPTY_MM.
+
+HD95 has two conventions in use; both start from the same surfaces (the mask minus its erosion by
+the 6-neighbourhood) and Euclidean distances in mm:
+- "pooled" (the default): the 95th percentile of both directed surface-distance sets pooled
+  together, as medpy's `hd95`, panoptica and so the official BraTS evaluation compute it;
+- "max_directed": the larger of the two directed 95th percentiles, as MONAI's
+  `compute_hausdorff_distance(..., percentile=95)` and DeepMind's surface-distance do. It is
+  never smaller, and several mm larger where one side has small false-positive blobs.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -25,6 +33,8 @@ REGION_NAMES: tuple[str, ...] = tuple(DEFAULT_REGIONS)  # ("wt", "tc", "et")
 # HD95 when a region is empty in exactly one of truth and prediction: the BraTS challenge value,
 # the diagonal of the 240 x 240 x 155 volume at 1 mm, sqrt(240^2 + 240^2 + 155^2).
 HD95_EMPTY_MM = 373.13
+
+HD95_CONVENTIONS = ("pooled", "max_directed")
 
 
 def metric_keys(regions: Regions = DEFAULT_REGIONS) -> tuple[str, ...]:
@@ -92,12 +102,20 @@ def dice_from_confusion(confusion: torch.Tensor) -> torch.Tensor:
     return torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), 1.0)
 
 
-def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float:
+def hd95(
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    spacing: Sequence[float],
+    convention: str = "pooled",
+) -> float:
     """95th percentile Hausdorff distance in mm between two boolean masks (X, Y, Z).
 
-    max(P95 of prediction-surface -> truth-surface distances, P95 of the reverse), computed on
-    the union bounding box (plus one voxel) so the distance transforms stay small.
+    `convention` is "pooled" (P95 of both directed surface-distance sets together) or
+    "max_directed" (the larger of the two directed P95s); see the module docstring. Computed
+    on the union bounding box (plus one voxel) so the distance transforms stay small.
     """
+    if convention not in HD95_CONVENTIONS:
+        raise ValueError(f"unknown HD95 convention {convention!r}; known: {HD95_CONVENTIONS}")
     predicted_any, true_any = bool(prediction.any()), bool(truth.any())
     if not predicted_any and not true_any:
         return 0.0
@@ -111,6 +129,8 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) ->
     to_prediction = ndimage.distance_transform_edt(~predicted_surface, sampling=spacing)[
         true_surface
     ]
+    if convention == "pooled":
+        return float(np.percentile(np.concatenate((to_truth, to_prediction)), 95))
     return float(max(np.percentile(to_truth, 95), np.percentile(to_prediction, 95)))
 
 
@@ -119,10 +139,12 @@ def case_metrics(
     truth: np.ndarray,
     spacing: Sequence[float],
     regions: Regions = DEFAULT_REGIONS,
+    hd95_convention: str = "pooled",
 ) -> dict[str, float]:
     """All region metrics of one case: class maps (X, Y, Z), spacing in mm per axis.
 
-    Returns the keys of metric_keys(regions) (dice_wt ... spec_et) as floats.
+    Returns the keys of metric_keys(regions) (dice_wt ... spec_et) as floats; HD95 in the
+    given convention (see hd95).
     """
     prediction, truth = np.asarray(prediction), np.asarray(truth)
     if prediction.shape != truth.shape:
@@ -154,12 +176,78 @@ def case_metrics(
         result[f"dice_{region}"] = float(dice[index])
     for region, members in regions.items():
         result[f"hd95_{region}"] = hd95(
-            np.isin(predicted_crop, members), np.isin(true_crop, members), spacing
+            np.isin(predicted_crop, members),
+            np.isin(true_crop, members),
+            spacing,
+            convention=hd95_convention,
         )
     for index, region in enumerate(regions):
         result[f"sens_{region}"] = float(sensitivity[index])
     for index, region in enumerate(regions):
         result[f"spec_{region}"] = float(specificity[index])
+    return result
+
+
+def missing_prediction_metrics(regions: Regions = DEFAULT_REGIONS) -> dict[str, float]:
+    """The metrics of a case whose prediction is missing: the worst case in every region.
+
+    Dice 0, HD95 HD95_EMPTY_MM and sensitivity 0, even where the region is empty in the
+    reference (a missing file earns nothing, as the official BraTS parser scores it); specificity
+    1, what an empty prediction gets (nothing predicted, so no false positives).
+    """
+    worst = {"dice": 0.0, "hd95": HD95_EMPTY_MM, "sens": 0.0, "spec": 1.0}
+    return {key: worst[key.split("_", 1)[0]] for key in metric_keys(regions)}
+
+
+def region_volumes_ml(
+    classes: np.ndarray, spacing: Sequence[float], regions: Regions = DEFAULT_REGIONS
+) -> dict[str, float]:
+    """Volume of every region of a class map (X, Y, Z) in mL: {"volume_ml_<region>": ...}.
+
+    Voxel counts times the voxel size (product of `spacing`, mm^3) / 1000.
+    """
+    classes = np.asarray(classes)
+    if len(spacing) != classes.ndim:
+        raise ValueError(f"spacing {tuple(spacing)} does not match {classes.ndim} dimensions")
+    if classes.size and (classes.min() < 0 or classes.max() >= MAX_CLASSES):
+        raise ValueError(f"classes hold values outside 0..{MAX_CLASSES - 1}")
+    counts = np.bincount(classes.astype(np.intp, copy=False).ravel(), minlength=MAX_CLASSES)
+    voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
+    return {
+        f"volume_ml_{region}": float(counts[list(members)].sum()) * voxel_ml
+        for region, members in regions.items()
+    }
+
+
+def volume_keys(regions: Regions = DEFAULT_REGIONS) -> tuple[str, ...]:
+    """Volume columns (mL): pred_volume_ml_<region> ..., ref_volume_ml_..., volume_error_ml_..."""
+    return tuple(
+        f"{prefix}_{region}"
+        for prefix in ("pred_volume_ml", "ref_volume_ml", "volume_error_ml")
+        for region in regions
+    )
+
+
+def volume_comparison(
+    prediction: np.ndarray | None,
+    truth: np.ndarray,
+    spacing: Sequence[float],
+    regions: Regions = DEFAULT_REGIONS,
+) -> dict[str, float]:
+    """Predicted and reference volume of every region and their difference (predicted minus
+    reference), in mL, as volume_keys(regions). A missing prediction (None) counts as empty."""
+    reference = region_volumes_ml(truth, spacing, regions)
+    predicted = (
+        region_volumes_ml(prediction, spacing, regions)
+        if prediction is not None
+        else dict.fromkeys(reference, 0.0)
+    )
+    result: dict[str, float] = {}
+    for prefix, values in (("pred_volume_ml", predicted), ("ref_volume_ml", reference)):
+        result.update({f"{prefix}_{region}": values[f"volume_ml_{region}"] for region in regions})
+    for region in regions:
+        key = f"volume_ml_{region}"
+        result[f"volume_error_ml_{region}"] = predicted[key] - reference[key]
     return result
 
 
@@ -172,7 +260,9 @@ def summarize(
     """Per metric over cases: mean, median, std (sample), and a percentile-bootstrap CI of the mean.
 
     Numeric keys of the first row are summarised (a "case_id" column is ignored). Seeded, so the
-    interval is reproducible; all metrics share the same resampled case sets.
+    interval is reproducible; all metrics share the same resampled case sets. A NaN (a metric
+    undefined for a case, as lesion-wise metrics of a region absent from both sides) is left
+    out of that metric's statistics, as pandas does; a metric NaN in every case gives NaN.
     """
     if not rows:
         raise ValueError("no cases to summarize")
@@ -182,18 +272,22 @@ def summarize(
 
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, cases, size=(resamples, cases))
-    boot_means = values[picks].mean(axis=1)  # (resamples, metrics)
     tail = (1.0 - confidence) / 2 * 100
-    ci_low, ci_high = np.percentile(boot_means, [tail, 100 - tail], axis=0)
-
-    mean = values.mean(axis=0)
-    median = np.median(values, axis=0)
-    std = values.std(axis=0, ddof=1) if cases > 1 else np.zeros(len(keys))
+    # All-NaN columns and infinite values (an official lesion-wise HD95) warn; their NaN/inf
+    # results are the answer.
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boot_means = np.nanmean(values[picks], axis=1)  # (resamples, metrics)
+        ci_low, ci_high = np.nanpercentile(boot_means, [tail, 100 - tail], axis=0)
+        mean = np.nanmean(values, axis=0)
+        median = np.nanmedian(values, axis=0)
+        counted = (~np.isnan(values)).sum(axis=0)
+        std = np.where(counted > 1, np.nanstd(values, axis=0, ddof=1), 0.0)
     return {
         key: {
             "mean": float(mean[i]),
             "median": float(median[i]),
-            "std": float(std[i]),
+            "std": float(std[i]) if counted[i] else float("nan"),
             "ci_low": float(ci_low[i]),
             "ci_high": float(ci_high[i]),
         }

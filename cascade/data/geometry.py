@@ -221,6 +221,9 @@ def probabilities_onto_grid(
     source = Grid(tuple(probabilities.shape[1:]), np.asarray(source_affine))
     if source.same_as(target):
         return probabilities
+    reoriented = _permuted_onto(probabilities, source, target)
+    if reoriented is not None:
+        return reoriented
     # A channel of ones comes back 0 exactly where SimpleITK had no source voxel to sample.
     coverage = torch.ones_like(probabilities[:1], dtype=torch.float32)
     stacked = torch.cat([probabilities.detach().float().cpu(), coverage.cpu()])
@@ -230,3 +233,34 @@ def probabilities_onto_grid(
     result[:, ~covered] = 0.0
     result[0, ~covered] = 1.0
     return result
+
+
+def _permuted_onto(
+    probabilities: torch.Tensor, source: Grid, target: Grid, tolerance: float = 1e-3
+) -> torch.Tensor | None:
+    """`probabilities` on `target` by axis permutations and flips alone, when the two grids
+    hold the same voxel centres in another axis order (a reorientation); else None. Exact,
+    where interpolation would blur near-ties between classes."""
+    voxel_map = np.linalg.inv(target.matrix()) @ source.matrix()  # source voxel -> target voxel
+    linear, offset = voxel_map[:3, :3], voxel_map[:3, 3]
+    rounded = np.rint(linear)
+    if not np.allclose(linear, rounded, atol=tolerance) or not np.allclose(
+        offset, np.rint(offset), atol=tolerance
+    ):
+        return None
+    magnitude = np.abs(rounded)
+    if not (magnitude.sum(axis=0) == 1).all() or not (magnitude.sum(axis=1) == 1).all():
+        return None
+    # target axis t takes source axis order[t], flipped where the sign is negative
+    order = [int(np.flatnonzero(rounded[t])[0]) for t in range(3)]
+    moved = probabilities.permute(0, *(axis + 1 for axis in order))
+    flips = [t + 1 for t in range(3) if rounded[t, order[t]] < 0]
+    if flips:
+        moved = moved.flip(flips)
+    if tuple(moved.shape[1:]) != tuple(target.shape):
+        return None
+    # the source's first voxel must land on the target's first voxel, or its mirrored end
+    corner = [target.shape[t] - 1 if rounded[t, order[t]] < 0 else 0 for t in range(3)]
+    if not np.allclose(offset, corner, atol=tolerance):
+        return None
+    return moved.detach().float().cpu().contiguous()

@@ -274,3 +274,21 @@ def test_real_case_round_trip_keeps_whole_tumor() -> None:
     back = probabilities_onto_grid(probabilities, grid.matrix(), original).argmax(0)
     whole_tumor = subject["label"].data[0].numpy() > 0
     assert dice(back.numpy() > 0, whole_tumor) > 0.9
+
+
+def test_a_pure_reorientation_maps_probabilities_back_exactly() -> None:
+    """RAS -> LPS flips x and y; another grid may count the axes in another order: both are
+    mapped by flips and permutations, bit for bit, without interpolation."""
+    generator = torch.Generator().manual_seed(0)
+    probabilities = torch.softmax(torch.randn(4, 5, 6, 7, generator=generator), 0)
+    ras = np.eye(4)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    lps[:3, 3] = (4.0, 5.0, 0.0)  # the same voxel centres, x and y counted from the other end
+    mapped = probabilities_onto_grid(probabilities, ras, Grid((5, 6, 7), lps))
+    assert torch.equal(mapped, probabilities.flip(1, 2))
+
+    # target voxel (j0, j1, j2) = source voxel (i1, i2, i0): target affine is R^-1 = R^T
+    rotation = np.zeros((4, 4))
+    rotation[0, 1] = rotation[1, 2] = rotation[2, 0] = rotation[3, 3] = 1.0
+    mapped = probabilities_onto_grid(probabilities, ras, Grid((6, 7, 5), rotation.T))
+    assert torch.equal(mapped, probabilities.permute(0, 2, 3, 1))
