@@ -165,7 +165,7 @@ def test_an_interrupted_stage2_fit_resumes_from_its_checkpoint(smoke_run) -> Non
     store, cases, scheme = prepare.prepare_cache(cases, cfg.preprocessing, cache, cfg.data.labels)
     _, weights = stages.fit_stage1(cfg, scheme, store, train_ids, val_ids, None)
     tag = stages.file_tag(weights)
-    folder = stages.stage2_folder(cfg, tag, train_ids, val_ids)
+    folder = stages.stage2_folder(cfg, tag, train_ids, val_ids, store.identity(train_ids + val_ids))
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         stages.fit_stage2(cfg, scheme, store, train_ids, val_ids, tag, None, [_CrashAtEpoch(2)])

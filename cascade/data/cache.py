@@ -11,11 +11,16 @@ reuse these arrays)::
                                        LOCATIONS_PER_CLASS each (Stage-2 patch centres); labelled
     cases/<case_id>/meta.json          crop box, model and input grids, label scheme and values
     cases/<case_id>/header.bin         NIfTI header bytes of the label (or t1) file
+    cases/<case_id>/source.json        the case's files it was computed from: path, size, mtime
     cases/<case_id>/complete           written last: a folder without it is ignored and rebuilt
+    locks/<case_id>.lock               held while the case is written
     priors/<tag>/<case_id>.npy         float16 (classes, x, y, z) Stage-1 probabilities
 
 Every case folder and prior is written under a temporary name and renamed into place, so a
-killed process never leaves something that looks complete.
+killed process never leaves something that looks complete. A case whose files changed (another
+size or modification time, or another path: a corrected release, another dataset with the same
+case ids) no longer matches its source.json and is preprocessed again, alone; its priors go with
+it. Two processes building one cache take a file lock per case, so a case has one writer.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from cascade.data.cases import Case
@@ -40,9 +46,10 @@ from cascade.data.preprocess import CaseMeta, Preprocessor, preprocess_case
 
 # Part of the hashed settings: bump it when the stored arrays change meaning, so old caches
 # are not reused by new code.
-CACHE_VERSION = 3  # 2: class_locations.npz; 3: label schemes, model and input grids
+CACHE_VERSION = 4  # 2: class_locations.npz; 3: label schemes, model and input grids; 4: source.json
 HASH_LENGTH = 12
 COMPLETE = "complete"
+SOURCE = "source.json"
 CLASS_LOCATIONS = "class_locations.npz"
 _TEMP_PREFIX = ".tmp-"
 
@@ -130,16 +137,36 @@ class PreprocessCache:
     def is_complete(self, case_id: str) -> bool:
         return (self._case_folder(case_id) / COMPLETE).is_file()
 
-    def is_current(self, case: Case) -> bool:
-        """Complete, and its label classes are those `case`'s scheme gives its file values (a
-        2023 case stays valid as 2024, whose values 0..3 mean the same classes)."""
+    def is_current(self, case: Case, check_scheme: bool = True) -> bool:
+        """Complete, computed from the case's files as they are now, and (`check_scheme`) its
+        label classes are those `case`'s scheme gives its file values (a 2023 case stays valid
+        as 2024, whose values 0..3 mean the same classes)."""
         if not self.is_complete(case.case_id):
             return False
+        folder = self._case_folder(case.case_id)
+        try:
+            stored = json.loads((folder / SOURCE).read_text())
+        except (OSError, ValueError):
+            return False
+        if stored != source_identity(case):
+            return False
+        if not check_scheme:
+            return True
         meta = self.meta(case.case_id)
         return _same_classes(meta.scheme, case.scheme, meta.label_values)
 
+    def identity(self, case_ids: Sequence[str]) -> str:
+        """Short hash of the source files of the cached cases `case_ids`: names what a stage
+        was trained on, so other data with the same case ids trains anew."""
+        digest = hashlib.sha256()
+        for case_id in sorted(case_ids):
+            digest.update(case_id.encode() + b"\0")
+            digest.update((self._complete_folder(case_id) / SOURCE).read_bytes())
+        return digest.hexdigest()[:HASH_LENGTH]
+
     def build(self, cases: Sequence[Case], progress: bool = True) -> None:
-        """Preprocess and store every case not already current; atomic per case."""
+        """Preprocess and store every case not already current; atomic per case, one writer
+        per case (a file lock), so parallel runs on one cache share the work."""
         todo = [case for case in cases if not self.is_current(case)]
         if not todo:
             return
@@ -148,11 +175,21 @@ class PreprocessCache:
         self._remove_stale_temporaries(self.folder / "cases")
         description = f"preprocess ({len(cases) - len(todo)} of {len(cases)} cached)"
         for case in tqdm(todo, desc=description, unit="case", disable=not progress):
-            image, label, meta = preprocess_case(case, self.preprocessing)
-            self.write_case(image, label, meta)
+            with FileLock(self._lock_path(case.case_id)):
+                if self.is_current(case):  # another run built it while we waited
+                    continue
+                image, label, meta = preprocess_case(case, self.preprocessing)
+                self.write_case(image, label, meta, source_identity(case))
 
-    def write_case(self, image: np.ndarray, label: np.ndarray | None, meta: CaseMeta) -> None:
-        """Store one preprocessed case atomically (temporary folder, then rename)."""
+    def write_case(
+        self,
+        image: np.ndarray,
+        label: np.ndarray | None,
+        meta: CaseMeta,
+        source: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store one preprocessed case atomically (temporary folder, then rename), with the
+        identity of the files it came from; the priors of an earlier version of it go."""
         final = self._case_folder(meta.case_id)
         final.parent.mkdir(parents=True, exist_ok=True)
         temporary = final.parent / _temp_name(meta.case_id)
@@ -165,7 +202,9 @@ class PreprocessCache:
                 _save_class_locations(temporary / CLASS_LOCATIONS, label)
             (temporary / "header.bin").write_bytes(meta.header)
             (temporary / "meta.json").write_text(json.dumps(meta.to_json(), indent=1))
+            (temporary / SOURCE).write_text(json.dumps(dict(source or {}), sort_keys=True))
             (temporary / COMPLETE).write_text("")
+            self._drop_priors(meta.case_id)
             self._move_into_place(temporary, final)
         finally:
             if temporary.exists():
@@ -252,6 +291,16 @@ class PreprocessCache:
         _check_name("prior tag", tag)
         return self.folder / "priors" / tag / f"{case_id}.npy"
 
+    def _lock_path(self, case_id: str) -> Path:
+        path = self.folder / "locks" / f"{case_id}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _drop_priors(self, case_id: str) -> None:
+        """Remove every prior of `case_id`: they were computed from arrays being replaced."""
+        for path in (self.folder / "priors").glob(f"*/{case_id}.npy"):
+            path.unlink(missing_ok=True)
+
     def has_prior(self, case_id: str, tag: str) -> bool:
         return self._prior_path(case_id, tag).is_file()
 
@@ -284,6 +333,19 @@ class PreprocessCache:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no prior {tag} for case {case_id}")
         return np.load(path, mmap_mode="r")
+
+
+def source_identity(case: Case) -> dict[str, list]:
+    """What a cached case was computed from: each file's resolved path, size and modification
+    time (ns), by role. Cheap (a stat per file); a content hash would read every byte."""
+    files = {f"image:{modality}": path for modality, path in case.images.items()}
+    if case.label is not None:
+        files["label"] = case.label
+    identity = {}
+    for role, path in files.items():
+        status = Path(path).stat()
+        identity[role] = [str(Path(path).resolve()), status.st_size, status.st_mtime_ns]
+    return identity
 
 
 def _same_classes(stored: LabelScheme, wanted: LabelScheme, values: Sequence[int]) -> bool:

@@ -120,6 +120,7 @@ class Stage2DataModule(L.LightningDataModule):
         self.seed = seed
         self.batch_augmentation = BatchAugmentation(flip_axes, intensity_scale, intensity_shift)
         self.patch_sampler: DistributedSampler | None = None
+        self._generator: torch.Generator | None = None
 
     def _world(self) -> tuple[int, int]:
         """(world size, rank) from the attached trainer; (1, 0) when used on its own."""
@@ -135,10 +136,19 @@ class Stage2DataModule(L.LightningDataModule):
         if trainer is None or not trainer.training:
             return batch
         prior = batch["prior"].float()
+        generator = self.augmentation_generator()
         if self.perturbation is not None:
-            prior = self.perturbation(prior)
+            prior = self.perturbation(prior, generator)
         batch = {**batch, "image": batch["image"].float(), "prior": prior}
-        return self.batch_augmentation(batch)
+        return self.batch_augmentation(batch, generator)
+
+    def augmentation_generator(self) -> torch.Generator:
+        """The CPU generator of this rank's perturbation and augmentation draws: seeded by the
+        run's seed and the global rank, so DDP ranks do not repeat each other's draws."""
+        if self._generator is None:
+            _, rank = self._world()
+            self._generator = torch.Generator().manual_seed(self.seed * 1000 + rank)
+        return self._generator
 
     def train_patches(self) -> RandomPatches:
         """The epoch's training patches (all ranks; the loader's sampler shards them)."""

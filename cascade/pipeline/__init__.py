@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cascade.checkpoint import CascadeModel, build_predictor, save_checkpoint
@@ -20,14 +20,6 @@ from cascade.pipeline.stages import file_tag, fit_stage1, fit_stage2, write_stag
 from cascade.viz import save_alpha_curve
 
 log = logging.getLogger(__name__)
-
-
-def _is_rank_zero() -> bool:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() == 0
-    return (
-        int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
-    )
 
 
 def model_settings(cfg: DictConfig) -> dict:
@@ -74,7 +66,9 @@ def run(cfg: DictConfig) -> dict | None:
     stage2_net, mix, alpha_history = fit_stage2(
         cfg, scheme, cache, train_ids, val_ids, prior_tag, logger
     )
-    if not _is_rank_zero():
+    # Lightning's global rank: set by the fit's strategy, or read from the launcher's environment
+    # (torchrun, SLURM) when both stages were reused and no Trainer ran
+    if rank_zero_only.rank != 0:
         return None
     model = CascadeModel(stage1_net, stage2_net, mix, settings=model_settings(cfg))
     networks = {

@@ -95,12 +95,12 @@ def prepare_cache(
     """Settle the label scheme (`labels`, or detected), then preprocess every case once (to the
     training geometry, crop, clip, robust z-score) into the memory-mapped cache.
 
-    Only cases not cached yet are read in full: a cached case was checked when it was stored
-    and its label values are in its meta, and re-reading a whole dataset on every run (and on
+    Only cases not cached yet, or whose files changed since, are read in full: a cached case
+    was checked when it was stored and its label values are in its meta, and re-reading a whole dataset on every run (and on
     every DDP rank) costs minutes. Returns the cache, the cases in the scheme, and the scheme.
     """
     cache = PreprocessCache(cache_dir, OmegaConf.to_container(preprocessing, resolve=True))
-    cached = {case.case_id for case in cases if cache.is_complete(case.case_id)}
+    cached = {case.case_id for case in cases if cache.is_current(case, check_scheme=False)}
     values = check_cases([case for case in cases if case.case_id not in cached])
     values.update({case_id: cache.meta(case_id).label_values for case_id in cached})
     try:

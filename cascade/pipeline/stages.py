@@ -1,12 +1,17 @@
 """The two fits and the priors between them.
 
-Each stage's outputs live in ``<cache_dir>/stage{1,2}-<hash>/``, keyed by a hash of every setting
-that shapes them, so a sweep over Stage-2 settings trains Stage 1 once, a finished stage is reused
-and an interrupted fit resumes from its ``last.ckpt``.
+Each stage's outputs live in ``<cache_dir>/stage{1,2}-<hash>/``, keyed by a hash of the settings
+that shape its weights and of the identity of its training data (the source files of its cases),
+so a sweep over Stage-2 settings trains Stage 1 once, a finished stage is reused, an interrupted
+fit resumes from its ``last.ckpt``, and settings that only change speed or logging (loader
+workers, logging interval, inference batch sizes and test-time augmentation) retrain nothing.
+A file lock per stage folder lets runs that share a cache wait for each other's fit instead of
+writing the same checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -15,9 +20,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from filelock import FileLock
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -34,6 +41,13 @@ from cascade.lit.stage2 import Stage2Module
 log = logging.getLogger(__name__)
 
 TRAINER_STAGE_KEYS = ("stage1", "stage2")
+# Settings that change speed or logging, never the weights: left out of the stage hashes.
+_NOT_SHAPING_LOADER = ("num_workers",)
+_NOT_SHAPING_TRAINER = ("log_every_n_steps", "benchmark", "enable_progress_bar")
+
+
+class StageError(RuntimeError):
+    """A stage cannot run as asked; the message says why and what to do, in one line."""
 
 
 def _plain(node: Any) -> Any:
@@ -104,22 +118,68 @@ def file_tag(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
-def stage1_folder(cfg: DictConfig, train_ids: list[str], val_ids: list[str]) -> Path:
+def _shaping(node: Any, left_out: Sequence[str]) -> dict[str, Any]:
+    return {key: value for key, value in _plain(node).items() if key not in left_out}
+
+
+def stage1_folder(
+    cfg: DictConfig, train_ids: list[str], val_ids: list[str], data_identity: str
+) -> Path:
     return stage_folder(
-        cfg, "stage1", cfg.preprocessing, cfg.data.stage1, cfg.model.stage1, cfg.model.loss,
-        cfg.model.optimizer, cfg.model.scheduler, trainer_settings(cfg, "stage1"), cfg.seed,
-        train_ids, val_ids,
+        cfg, "stage1", cfg.preprocessing, _shaping(cfg.data.stage1, _NOT_SHAPING_LOADER),
+        cfg.model.stage1, cfg.model.loss, cfg.model.optimizer, cfg.model.scheduler,
+        _shaping(trainer_settings(cfg, "stage1"), _NOT_SHAPING_TRAINER), cfg.seed,
+        train_ids, val_ids, data_identity,
     )  # fmt: skip
 
 
 def stage2_folder(
-    cfg: DictConfig, prior_tag: str, train_ids: list[str], val_ids: list[str]
+    cfg: DictConfig,
+    prior_tag: str,
+    train_ids: list[str],
+    val_ids: list[str],
+    data_identity: str,
 ) -> Path:
+    # validation windows: overlap shapes the validation Dice that picks the best checkpoint
+    validation = {"overlap": cfg.model.inference.overlap}
     return stage_folder(
-        cfg, "stage2", prior_tag, cfg.preprocessing, cfg.data.stage2, cfg.model.stage2,
-        cfg.model.mix, cfg.model.alpha_lr, cfg.model.loss, cfg.model.optimizer, cfg.model.scheduler,
-        cfg.model.inference, trainer_settings(cfg, "stage2"), cfg.seed, train_ids, val_ids,
+        cfg, "stage2", prior_tag, cfg.preprocessing,
+        _shaping(cfg.data.stage2, _NOT_SHAPING_LOADER), cfg.model.stage2, cfg.model.mix,
+        cfg.model.alpha_lr, cfg.model.loss, cfg.model.optimizer, cfg.model.scheduler, validation,
+        _shaping(trainer_settings(cfg, "stage2"), _NOT_SHAPING_TRAINER), cfg.seed,
+        train_ids, val_ids, data_identity,
     )  # fmt: skip
+
+
+def _stage_lock(folder: Path):
+    """The stage folder's lock, taken by the job's rank 0 only: DDP ranks that Lightning starts
+    inside the fit must not wait for their own parent."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank != 0:
+        return contextlib.nullcontext()
+    return FileLock(folder / "fit.lock")
+
+
+def _read_stage1_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Stage-1 net weights from the file `stage=1` writes ({"net": state}) or from a Lightning
+    checkpoint of Stage1Module ("state_dict" with "net." keys), read without unpickling code."""
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a foreign or damaged file
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise StageError(f"{path}: not a readable Stage-1 weights file ({first})") from None
+    if isinstance(content, dict) and isinstance(content.get("net"), dict):
+        return content["net"]
+    if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
+        prefix = "net."
+        net = {
+            k[len(prefix) :]: v for k, v in content["state_dict"].items() if k.startswith(prefix)
+        }
+        if net:
+            return net
+    raise StageError(
+        f"{path}: neither Stage-1 weights (stage1.pt) nor a Lightning checkpoint of Stage1Module"
+    )
 
 
 def build_loss(cfg: DictConfig, scheme: LabelScheme) -> nn.Module:
@@ -138,16 +198,35 @@ def fit_stage1(
     logger: Logger | None,
     extra_callbacks: Sequence[L.Callback] = (),
 ) -> tuple[nn.Module, Path]:
-    """Fit (or reuse) Stage 1; returns the net with its best weights and the weights file."""
-    folder = stage1_folder(cfg, train_ids, val_ids)
+    """Fit (or reuse) Stage 1; returns the net with its best weights and the weights file.
+
+    `stage1_checkpoint` (a weights file or a Lightning .ckpt of Stage1Module) is used instead of
+    fitting; `stage=2` needs a Stage 1, from there or already in the cache.
+    """
+    folder = stage1_folder(cfg, train_ids, val_ids, cache.identity(train_ids + val_ids))
     weights = folder / "stage1.pt"
     net = instantiate(cfg.model.stage1)
     if cfg.stage1_checkpoint:
         weights = Path(cfg.stage1_checkpoint)
-    if weights.exists():
-        log.info("Stage 1: reusing %s", weights)
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True)["net"])
-        return net, weights
+        if not weights.is_file():
+            raise StageError(f"{weights}: stage1_checkpoint not found")
+    elif str(cfg.stage) == "2" and not weights.exists():
+        raise StageError(
+            f"stage=2 needs a Stage 1: none in {folder} for these settings and data; "
+            "run stage=1 (or stage=all) first, or give stage1_checkpoint=<stage1.pt or .ckpt>"
+        )
+    with _stage_lock(folder):
+        if weights.exists():
+            log.info("Stage 1: reusing %s", weights)
+            net.load_state_dict(_read_stage1_weights(weights))
+            return net, weights
+        return _fit_stage1(
+            cfg, scheme, cache, train_ids, val_ids, logger, extra_callbacks, net, folder
+        )
+
+
+def _fit_stage1(cfg, scheme, cache, train_ids, val_ids, logger, extra_callbacks, net, folder):
+    weights = folder / "stage1.pt"
     module = Stage1Module(
         net=net,
         regions=dict(scheme.regions),
@@ -204,15 +283,26 @@ def fit_stage2(
     extra_callbacks: Sequence[L.Callback] = (),
 ) -> tuple[nn.Module, nn.Module, AlphaHistory | None]:
     """Fit (or reuse) Stage 2 on the cached priors; returns net, mix and alpha per step."""
-    folder = stage2_folder(cfg, prior_tag, train_ids, val_ids)
+    folder = stage2_folder(cfg, prior_tag, train_ids, val_ids, cache.identity(train_ids + val_ids))
     weights = folder / "stage2.pt"
     net, mix = instantiate(cfg.model.stage2), instantiate(cfg.model.mix)
-    if weights.exists():
-        log.info("Stage 2: reusing %s", weights)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        net.load_state_dict(state["net"])
-        mix.load_state_dict(state["mix"])
-        return net, mix, None
+    with _stage_lock(folder):
+        if weights.exists():
+            log.info("Stage 2: reusing %s", weights)
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            net.load_state_dict(state["net"])
+            mix.load_state_dict(state["mix"])
+            return net, mix, None
+        return _fit_stage2(
+            cfg, scheme, cache, train_ids, val_ids, prior_tag, logger, extra_callbacks, net, mix,
+            folder,
+        )  # fmt: skip
+
+
+def _fit_stage2(
+    cfg, scheme, cache, train_ids, val_ids, prior_tag, logger, extra_callbacks, net, mix, folder
+):
+    weights = folder / "stage2.pt"
     module = Stage2Module(
         net=net,
         mix=mix,

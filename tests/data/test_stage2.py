@@ -215,8 +215,12 @@ def test_batches_are_augmented_in_training_only(tmp_path) -> None:
     datamodule = make_datamodule(store, perturbation=perturbation)
     calls, perturbed = [], []
     augmentation = datamodule.batch_augmentation
-    datamodule.batch_augmentation = lambda batch: calls.append(batch) or augmentation(batch)
-    datamodule.perturbation = lambda prior: perturbed.append(prior) or perturbation(prior)
+    datamodule.batch_augmentation = lambda batch, generator: (
+        calls.append(batch) or augmentation(batch, generator)
+    )
+    datamodule.perturbation = lambda prior, generator: (
+        perturbed.append(prior) or perturbation(prior, generator)
+    )
     module = _BatchRecorder()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -251,3 +255,17 @@ def test_batches_are_augmented_in_training_only(tmp_path) -> None:
     alone = make_datamodule(store)
     batch = next(iter(alone.train_dataloader()))
     assert alone.on_after_batch_transfer(batch, 0) is batch
+
+
+def test_each_rank_draws_its_own_augmentation() -> None:
+    """DDP ranks start from different generators, so they do not repeat each other's flips,
+    intensities and prior perturbations; the same rank and seed repeat them."""
+    draws = {}
+    for rank in (0, 1, 0):
+        datamodule = make_datamodule(MemoryStore(2))
+        datamodule._world = lambda rank=rank: (2, rank)
+        draws.setdefault(rank, []).append(
+            torch.rand(8, generator=datamodule.augmentation_generator())
+        )
+    assert torch.equal(draws[0][0], draws[0][1])
+    assert not torch.equal(draws[0][0], draws[1][0])
