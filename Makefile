@@ -18,7 +18,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(TORCH_SPEC)
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,test]"
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install the project with its dev tools

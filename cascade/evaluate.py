@@ -1,6 +1,17 @@
 """Score predicted segmentations against reference labels: per-case CSV, summary CSV/JSON, table.
 
 python -m cascade.evaluate --predictions DIR --labels DIR [--out FILE]
+    [--protocol brats2020|lesionwise] [--hd95 pooled|max_directed]
+
+Protocols: brats2020 (default), whole-volume Dice, HD95, sensitivity and specificity per region
+of the label scheme with the BraTS empty-region rule (cascade.metrics); lesionwise, the official
+BraTS 2023+ lesion-wise evaluation through panoptica (cascade.lesionwise). Both add every
+region's predicted and reference volume and the volume error (predicted - reference, mL).
+
+A labelled case without a prediction is scored as the worst case: Dice 0, HD95 373.13 mm,
+sensitivity 0, specificity 1 (metrics.missing_prediction_metrics), or the official parser's
+0 / 373 in the lesion-wise protocol; its predicted volume counts as 0 mL. It is counted in the
+summary, named on stderr, and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -23,13 +34,56 @@ from cascade.data.errors import CaseError
 from cascade.data.labels import SCHEMES, LabelScheme
 from cascade.data.validation import resolve_scheme, with_scheme
 from cascade.io import write_text_atomic
-from cascade.metrics import case_metrics, metric_keys, summarize
+from cascade.metrics import (
+    HD95_CONVENTIONS,
+    case_metrics,
+    metric_keys,
+    missing_prediction_metrics,
+    summarize,
+    volume_comparison,
+    volume_keys,
+)
 
 SUMMARY_FIELDS = ("mean", "median", "std", "ci_low", "ci_high")
+PROTOCOLS = ("brats2020", "lesionwise")
 
 
 class EvaluationError(ValueError):
     """A case that cannot be scored; the message is one line naming the file."""
+
+
+class RegionScorer:
+    """The brats2020 protocol: whole-volume metrics and volumes of the scheme's regions."""
+
+    id_column = "case_id"
+
+    def __init__(self, scheme: LabelScheme, hd95_convention: str = "pooled") -> None:
+        self.regions = scheme.regions
+        self.hd95_convention = hd95_convention
+        self.keys = (*metric_keys(self.regions), *volume_keys(self.regions))
+
+    def score(
+        self, prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]
+    ) -> dict[str, float]:
+        return {
+            **case_metrics(prediction, truth, spacing, self.regions, self.hd95_convention),
+            **volume_comparison(prediction, truth, spacing, self.regions),
+        }
+
+    def missing(self, truth: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+        return {
+            **missing_prediction_metrics(self.regions),
+            **volume_comparison(None, truth, spacing, self.regions),
+        }
+
+    def summary(self, rows: Sequence[dict]) -> tuple[dict, tuple[str, ...], list[dict]]:
+        """(stats by column, summary CSV columns, summary CSV rows: one per metric)."""
+        summary = summarize(rows)
+        table = [{"metric": key, **stats} for key, stats in summary.items()]
+        return summary, ("metric", *SUMMARY_FIELDS), table
+
+    def table(self, summary: dict[str, dict[str, float]], cases: int) -> str:
+        return format_table(summary, cases, tuple(self.regions))
 
 
 def read_classes(path: Path, scheme: LabelScheme) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -70,19 +124,25 @@ def prediction_path(predictions: Path, case: Case) -> Path:
     return preferred
 
 
-def evaluate_case(case: Case, predictions: Path) -> dict[str, float]:
-    """Metrics of one labelled case; raises EvaluationError for a missing or mismatched file."""
+def evaluate_case(
+    case: Case, predictions: Path, scorer=None
+) -> tuple[dict[str, float], str | None]:
+    """Scores of one labelled case (by default the brats2020 protocol's), and a one-line message
+    where its prediction is missing, the scores then being the scorer's worst case. Raises
+    EvaluationError for a mismatched file."""
+    scorer = scorer if scorer is not None else RegionScorer(case.scheme)
     path = prediction_path(predictions, case)
-    if not path.exists():
-        raise EvaluationError(f"{path}: prediction missing for case {case.case_id}")
     truth, spacing = read_classes(case.label, case.scheme)
+    if not path.exists():
+        message = f"{path}: prediction missing for case {case.case_id}, scored as the worst case"
+        return scorer.missing(truth, spacing), message
     prediction, _ = read_classes(path, case.scheme)
     if prediction.shape != truth.shape:
         raise EvaluationError(
             f"{path}: shape {prediction.shape} does not match the label's {truth.shape} "
             f"({case.label})"
         )
-    return case_metrics(prediction, truth, spacing, case.scheme.regions)
+    return scorer.score(prediction, truth, spacing), None
 
 
 def summary_paths(out: Path) -> tuple[Path, Path]:
@@ -100,10 +160,10 @@ def csv_text(fieldnames: Sequence[str], rows: Sequence[dict]) -> str:
 
 
 def format_table(summary: dict[str, dict[str, float]], cases: int, regions: Sequence[str]) -> str:
-    """Dice and HD95 per region as `mean [CI] median`."""
+    """Dice and HD95 per region as `mean [CI] median`, and the mean volume error."""
     lines = [
         f"{cases} cases; mean [95% bootstrap CI of the mean] median",
-        f"{'region':<8}{'Dice':<34}{'HD95 (mm)':<34}",
+        f"{'region':<8}{'Dice':<34}{'HD95 (mm)':<34}{'volume error (mL)':<18}",
     ]
     for region in regions:
         dice, distance = summary[f"dice_{region}"], summary[f"hd95_{region}"]
@@ -114,7 +174,8 @@ def format_table(summary: dict[str, dict[str, float]], cases: int, regions: Sequ
             f"{distance['mean']:.2f} [{distance['ci_low']:.2f}, {distance['ci_high']:.2f}] "
             f"{distance['median']:.2f}"
         )
-        lines.append(f"{region.upper():<8}{dice_text:<34}{distance_text:<34}")
+        volume_error = summary[f"volume_error_ml_{region}"]["mean"]
+        lines.append(f"{region.upper():<8}{dice_text:<34}{distance_text:<34}{volume_error:<+18.2f}")
     return "\n".join(lines)
 
 
@@ -130,7 +191,8 @@ def _dataset_scheme(cases: Sequence[Case], forced: str) -> LabelScheme:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m cascade.evaluate",
-        description="Dice, HD95, sensitivity and specificity per region and case, with a summary.",
+        description="Dice, HD95, sensitivity and specificity per region and case (or the BraTS "
+        "lesion-wise metrics) and region volumes, with a summary.",
     )
     parser.add_argument(
         "--labels-scheme",
@@ -144,7 +206,44 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, help="per-case CSV (default: <predictions>/evaluation.csv)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="brats2020",
+        help="brats2020: whole-volume metrics per region (default); lesionwise: the official "
+        "BraTS 2023+ lesion-wise evaluation through panoptica (needs the eval extra)",
+    )
+    parser.add_argument(
+        "--hd95",
+        choices=HD95_CONVENTIONS,
+        help="HD95 of the brats2020 protocol: pooled, the P95 of both directed surface distances "
+        "together as medpy and the official evaluation (default); max_directed, the larger of "
+        "the two directed P95s as MONAI",
+    )
+    args = parser.parse_args(argv)
+    if args.protocol == "lesionwise" and args.hd95 is not None:
+        parser.error("--hd95 applies to the brats2020 protocol; lesionwise uses pooled HD95")
+    return args
+
+
+def make_scorer(scheme: LabelScheme, protocol: str = "brats2020", hd95_convention=None):
+    """The scorer of a protocol for cases of `scheme`; ImportError names the missing extra."""
+    if protocol == "lesionwise":
+        from cascade.lesionwise import LesionwiseScorer
+
+        return LesionwiseScorer(scheme)
+    return RegionScorer(scheme, hd95_convention or "pooled")
+
+
+def write_outputs(out: Path, scorer, rows: list[dict], report: dict[str, object]) -> None:
+    """Per-case CSV, summary CSV and JSON beside it, and the summary table on stdout."""
+    summary, summary_fields, summary_rows = scorer.summary(rows)
+    summary_csv, summary_json = summary_paths(out)
+    write_text_atomic(out, csv_text((scorer.id_column, *scorer.keys), rows))
+    write_text_atomic(summary_csv, csv_text(summary_fields, summary_rows))
+    write_text_atomic(summary_json, json.dumps({**report, "metrics": summary}, indent=2) + "\n")
+    print(scorer.table(summary, len(rows)))
+    print(f"wrote {out}, {summary_csv.name}, {summary_json.name}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,37 +256,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases, problems = scan_cases(args.labels)
     failures = [str(problem) for problem in problems]
     labelled = [case for case in cases if case.label is not None]
-    scheme = None
+    scheme = scorer = None
     if not labelled:
         failures.append(f"{args.labels}: no labelled cases found")
     else:
         try:
             scheme = _dataset_scheme(labelled, args.scheme)
-        except (CaseError, EvaluationError) as error:
+            scorer = make_scorer(scheme, args.protocol, args.hd95)
+        except (CaseError, EvaluationError, ImportError) as error:
             failures.append(str(error))
             labelled = []
         else:
             labelled = with_scheme(labelled, scheme)
 
     rows: list[dict] = []
+    missing: list[str] = []
     for case in tqdm(labelled, desc="evaluate", unit="case"):
         try:
-            rows.append({"case_id": case.case_id, **evaluate_case(case, args.predictions)})
+            scores, missing_message = evaluate_case(case, args.predictions, scorer)
         except EvaluationError as error:
             failures.append(str(error))
+            continue
+        rows.append({scorer.id_column: case.case_id, **scores})
+        if missing_message is not None:
+            missing.append(case.case_id)
+            failures.append(missing_message)
 
     if rows:
-        summary = summarize(rows)
-        summary_csv, summary_json = summary_paths(out)
-        write_text_atomic(out, csv_text(("case_id", *metric_keys(scheme.regions)), rows))
-        write_text_atomic(
-            summary_csv,
-            csv_text(("metric", *SUMMARY_FIELDS), [{"metric": k, **v} for k, v in summary.items()]),
-        )
-        report = {"cases": len(rows), "failed": failures, "metrics": summary}
-        write_text_atomic(summary_json, json.dumps(report, indent=2) + "\n")
-        print(format_table(summary, len(rows), scheme.region_names))
-        print(f"wrote {out}, {summary_csv.name}, {summary_json.name}")
+        report = {
+            "protocol": args.protocol,
+            "hd95_convention": scorer.hd95_convention,
+            "cases": len(rows),
+            "missing": missing,
+            "failed": failures,
+        }
+        write_outputs(out, scorer, rows, report)
     for failure in failures:
         print(failure, file=sys.stderr)
     return 1 if failures else 0

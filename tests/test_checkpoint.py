@@ -77,3 +77,66 @@ def test_pickled_objects_are_not_loaded(tmp_path: Path) -> None:
     torch.save(payload, tmp_path / "pickled.ckpt")
     with pytest.raises(CheckpointError, match="pickled.ckpt"):
         load_checkpoint(tmp_path / "pickled.ckpt")
+
+
+def _nested(node: object, depth: int) -> object:
+    """`node` wrapped `depth` times in dicts and lists, as a config can nest it."""
+    for level in range(depth):
+        node = {"inner": node} if level % 2 == 0 else [node]
+    return node
+
+
+HOSTILE_TARGETS = [
+    ("builtins.open", {"file": "{pwned}", "mode": "w"}),
+    ("pathlib.Path.touch", {"self": "{pwned}"}),
+    ("numpy.save", {"file": "{pwned}", "arr": [1]}),
+]
+
+
+@pytest.mark.parametrize(("target", "arguments"), HOSTILE_TARGETS)
+@pytest.mark.parametrize("network", ["stage1", "stage2", "mix"])
+@pytest.mark.parametrize("depth", [0, 1, 2, 3])
+def test_a_nested_target_anywhere_is_refused_and_runs_nothing(
+    tmp_path: Path, target, arguments, network, depth
+) -> None:
+    pwned = tmp_path / "pwned"
+    hostile = {
+        "_target_": target,
+        **{
+            k: str(v).replace("{pwned}", str(pwned)) if isinstance(v, str) else v
+            for k, v in arguments.items()
+        },
+    }
+    key = "filters" if network != "mix" else "init"
+    networks = {**NETWORKS, network: {**NETWORKS[network], key: _nested(hostile, depth)}}
+    save_checkpoint(tmp_path / "cascade.ckpt", _model(), networks)
+
+    with pytest.raises(CheckpointError) as raised:
+        load_checkpoint(tmp_path / "cascade.ckpt")
+    message = str(raised.value)
+    assert message.startswith(f"{tmp_path / 'cascade.ckpt'}: network '{network}' setting '{key}'")
+    assert "\n" not in message
+    assert not pwned.exists()
+
+
+def test_a_hostile_target_in_place_of_a_network_runs_nothing(tmp_path: Path) -> None:
+    pwned = tmp_path / "pwned"
+    for target, arguments in HOSTILE_TARGETS:
+        node = {
+            "_target_": target,
+            **{k: str(pwned) if v == "{pwned}" else v for k, v in arguments.items()},
+        }
+        save_checkpoint(tmp_path / "cascade.ckpt", _model(), {**NETWORKS, "stage2": node})
+        with pytest.raises(
+            CheckpointError, match="network 'stage2' names .* not a cascade network"
+        ):
+            load_checkpoint(tmp_path / "cascade.ckpt")
+        assert not pwned.exists()
+
+
+def test_arguments_hydra_would_act_on_are_refused(tmp_path: Path) -> None:
+    for key in ("_partial_", "_args_", "_recursive_", "_convert_"):
+        networks = {**NETWORKS, "mix": {**NETWORKS["mix"], key: True}}
+        save_checkpoint(tmp_path / "cascade.ckpt", _model(), networks)
+        with pytest.raises(CheckpointError, match=f"setting '{key}' is not a plain value"):
+            load_checkpoint(tmp_path / "cascade.ckpt")

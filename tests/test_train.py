@@ -193,3 +193,55 @@ def test_two_ddp_ranks_share_one_run_folder_and_rank_zero_writes(tmp_path) -> No
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "run"]
     assert (run / "ddp_rank_1.log").exists()
     assert len(list(run.glob("cascade.ckpt"))) == 1
+
+
+def test_speed_and_logging_settings_retrain_nothing(smoke_run, tmp_path) -> None:
+    cache, _ = smoke_run
+    result = train(
+        *TINY, f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}", "logger=none",
+        "data.stage2.num_workers=1", "trainer.log_every_n_steps=3",
+        "model.inference.tta=true", "model.inference.window_batch_size=1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Stage 1: reusing" in output and "Stage 2: reusing" in output
+
+
+def test_stage1_checkpoint_takes_a_lightning_checkpoint_of_stage1(smoke_run, tmp_path) -> None:
+    cache, _ = smoke_run
+    (lightning_checkpoint,) = cache.glob("stage1-*/checkpoints/best.ckpt")
+    result = train(
+        *TINY, f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}", "logger=none",
+        "stage=1", f"stage1_checkpoint={lightning_checkpoint}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Stage 1: reusing {lightning_checkpoint}" in result.stdout + result.stderr
+
+
+def test_stage2_without_a_stage1_fails_in_one_line(smoke_run, tmp_path) -> None:
+    cache, _ = smoke_run
+    result = train(
+        *TINY, f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}", "logger=none",
+        "stage=2", "model.stage1.filters=6",
+    )  # fmt: skip
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "stage=2 needs a Stage 1" in line and "Traceback" not in result.stderr
+    assert not list(cache.glob("stage1-*/stage1.pt"))[1:]  # nothing trained
+
+
+def test_a_rank_other_than_zero_writes_no_outputs(smoke_run, tmp_path) -> None:
+    """Under SLURM or torchrun the rank comes from the launcher's environment (Lightning reads
+    it); with both stages reused no Trainer runs, and only rank 0 may write."""
+    cache, _ = smoke_run
+    run = tmp_path / "run"
+    environment = {**os.environ, "WANDB_MODE": "disabled", "SLURM_PROCID": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "cascade.train", *TINY, f"cache_dir={cache}",
+         f"hydra.run.dir={run}", "logger=none"],
+        capture_output=True, text=True, timeout=600, env=environment,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Stage 2: reusing" in result.stdout + result.stderr
+    written = {path.name for path in run.iterdir()} if run.exists() else set()
+    assert not written & {"cascade.ckpt", "metrics.json", "per_case.csv", "split.json"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cascade.data.cache import PreprocessCache
@@ -66,7 +67,8 @@ def prepare_split(
     train, val = split_cases(
         [case.case_id for case in cases], split.val_count, split.val_fraction, split.seed
     )
-    write_split(path, train, val)
+    if rank_zero_only.rank == 0:  # the other ranks compute the same seeded split
+        write_split(path, train, val)
     return train, val
 
 
@@ -96,8 +98,8 @@ def prepare_cache(
     training geometry, crop, clip, robust z-score) into the memory-mapped cache.
 
     Only cases not cached yet, or whose files changed since, are read in full: a cached case
-    was checked when it was stored and its label values are in its meta, and re-reading a whole dataset on every run (and on
-    every DDP rank) costs minutes. Returns the cache, the cases in the scheme, and the scheme.
+    was checked when it was stored and its label values are in its meta, and re-reading a whole
+    dataset on every run (and on every DDP rank) costs minutes. Returns the cache, the cases in the scheme, and the scheme.
     """
     cache = PreprocessCache(cache_dir, OmegaConf.to_container(preprocessing, resolve=True))
     cached = {case.case_id for case in cases if cache.is_current(case, check_scheme=False)}

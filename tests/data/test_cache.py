@@ -183,3 +183,51 @@ def test_an_unlabelled_case_has_no_class_locations(tmp_path: Path, write_case) -
     assert not (store.folder / "cases" / "Patient" / "class_locations.npz").exists()
     with pytest.raises(ValueError, match="Patient has no label"):
         store.class_locations("Patient")
+
+
+def test_another_dataset_with_the_same_case_ids_gets_its_own_arrays(
+    tmp_path: Path, write_case
+) -> None:
+    """Two datasets whose cases share ids (a corrected release, another synthetic seed) must
+    not be served each other's arrays from one cache."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_case(first, case_id="Case_001", seed=1)
+    write_case(second, case_id="Case_001", seed=7)
+    store = PreprocessCache(tmp_path / "cache", SETTINGS)
+    store.build(discover_cases(first), progress=False)
+    from_first = np.array(store.image("Case_001"))
+
+    store.build(discover_cases(second), progress=False)
+    expected, _, _ = preprocess_case(discover_cases(second)[0], build_preprocessing(**SETTINGS))
+    assert np.array_equal(store.image("Case_001"), expected)
+    assert not np.array_equal(store.image("Case_001"), from_first)
+    assert store.identity(["Case_001"]) != ""
+
+
+def test_a_changed_file_re_preprocesses_that_case_only_and_drops_its_priors(
+    tmp_path: Path, dataset: Path, monkeypatch
+) -> None:
+    cases = discover_cases(dataset)
+    store = PreprocessCache(tmp_path / "cache", SETTINGS)
+    store.build(cases, progress=False)
+    for case in cases:
+        store.write_prior(
+            case.case_id, "tag", np.full((4, *store.image(case.case_id).shape[1:]), 0.25)
+        )
+    identity = store.identity(["Case_001", "Case_002"])
+
+    flair = cases[1].images["flair"]
+    image = nib.load(flair)
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj) * 2, image.affine), flair)
+    rebuilt = []
+    original = cache_module.preprocess_case
+    monkeypatch.setattr(
+        cache_module,
+        "preprocess_case",
+        lambda case, *rest: rebuilt.append(case.case_id) or original(case, *rest),
+    )
+    store.build(cases, progress=False)
+
+    assert rebuilt == ["Case_002"]
+    assert store.has_prior("Case_001", "tag") and not store.has_prior("Case_002", "tag")
+    assert store.identity(["Case_001", "Case_002"]) != identity
