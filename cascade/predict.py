@@ -3,13 +3,16 @@
 PATH is a case folder or a dataset folder of any supported release. Each case is written as
 ``<case-id>.nii.gz`` (``<case-id>-seg.nii.gz`` for the 2023 naming) on the input's exact grid,
 with its affine and header and labels in the input's convention; a case on another grid than the
-model's is resampled to it and back. A bad case is reported in one line and skipped.
+model's is resampled to it and back. ``volumes.csv`` beside them gives each region's predicted
+volume in mL. A bad case is reported in one line and skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +26,8 @@ from cascade.data.discovery import scan_cases
 from cascade.data.errors import CaseError
 from cascade.data.nifti import write_segmentation
 from cascade.data.validation import validate_case
+from cascade.io import write_text_atomic
+from cascade.metrics import region_volumes_ml
 from cascade.viz import save_overlay
 
 
@@ -48,6 +53,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+VOLUMES_FILE = "volumes.csv"
+
+
+def write_volumes(path: Path, volumes: dict[str, dict[str, object]]) -> None:
+    """Each region's predicted volume (mL, from the input's voxel size) per case, merged with the
+    rows of cases predicted earlier into the same folder; written atomically."""
+    rows = {}
+    if path.is_file():
+        with path.open(newline="") as stream:
+            rows = {row["case_id"]: row for row in csv.DictReader(stream)}
+    rows.update(volumes)
+    fields = list(dict.fromkeys(key for row in rows.values() for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows[case_id] for case_id in sorted(rows))
+    write_text_atomic(path, buffer.getvalue())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -65,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skipped: {problem}")
     failed = len(problems)
     written = skipped = 0
+    volumes: dict[str, dict[str, object]] = {}
     for case in tqdm(cases, desc="predict", unit="case"):
         target = args.output / case.output_name()
         if target.exists() and not args.overwrite:
@@ -82,11 +107,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = prediction.meta
         write_segmentation(target, prediction.labels, meta.nifti_header(), np.asarray(meta.affine))
         written += 1
+        regions = model.scheme.regions
+        volumes[case.case_id] = {
+            "case_id": case.case_id,
+            "file": target.name,
+            **region_volumes_ml(prediction.classes, meta.input_grid.spacing, regions),
+        }
         if args.overlays:
             flair = read_modality(case, "flair")
             save_overlay(
                 args.output / f"{case.case_id}.png", flair, prediction.classes, title=case.case_id
             )
+    if volumes:
+        write_volumes(args.output / VOLUMES_FILE, volumes)
     print(f"{written} written, {skipped} already there, {failed} failed -> {args.output}")
     return 1 if failed else 0
 

@@ -84,7 +84,7 @@ def test_a_bad_case_is_skipped_in_one_line_and_leaves_no_file(
     printed = capsys.readouterr().out
     problem = [line for line in printed.splitlines() if "bad_flair" in line]
     assert len(problem) == 1 and "all zero" in problem[0].lower()
-    assert sorted(path.name for path in output.iterdir()) == ["good.nii.gz"]
+    assert sorted(path.name for path in output.iterdir()) == ["good.nii.gz", "volumes.csv"]
 
 
 def test_existing_predictions_are_skipped_unless_overwrite(
@@ -107,3 +107,18 @@ def test_a_file_that_is_not_a_cascade_checkpoint_is_refused(tmp_path, write_case
     assert predict(_args(foreign, tmp_path / "data", tmp_path / "seg")) == 2
     assert "model.ckpt" in capsys.readouterr().out
     assert not (tmp_path / "seg").exists()
+
+
+def test_a_volume_summary_is_written_beside_the_predictions(checkpoint, tmp_path, write_case):
+    data, output = tmp_path / "data", tmp_path / "seg"
+    write_case(data, case_id="A", shape=(24, 26, 20))
+    write_case(data, case_id="B", shape=(24, 26, 20))
+    assert predict(_args(checkpoint, data / "A", output)) == 0
+    assert predict(_args(checkpoint, data, output)) == 0  # B added, A kept from the first call
+
+    lines = (output / "volumes.csv").read_text().splitlines()
+    assert lines[0] == "case_id,file,volume_ml_wt,volume_ml_tc,volume_ml_et"
+    rows = [line.split(",") for line in lines[1:]]
+    assert [row[0] for row in rows] == ["A", "B"]
+    written = np.asanyarray(nib.load(output / "A.nii.gz").dataobj)
+    assert float(rows[0][2]) == pytest.approx(np.count_nonzero(written) / 1000.0)  # 1 mm voxels

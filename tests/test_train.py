@@ -28,7 +28,6 @@ TINY = [
     "synthetic.shape=[40,40,32]",
     "data.stage1.slab_size=[40,40]",
     "data.stage1.train_slabs_per_epoch=16",
-    "data.stage1.val_slabs=8",
     "data.stage1.batch_size=4",
     "data.stage1.num_workers=0",
     "data.stage2.patch_size=[16,16,16]",
@@ -82,7 +81,7 @@ def test_smoke_run_writes_every_output(smoke_run) -> None:
     assert metrics.keys() >= METRIC_KEYS
     assert all(0.0 <= metrics[f"dice_{region}"] <= 1.0 for region in ("wt", "tc", "et"))
     assert 0.0 < metrics["alpha"] < 1.0
-    assert (run / "per_case.csv").read_text().startswith("case_id,dice_wt")
+    assert (run / "per_case.csv").read_text().startswith("case_id,split,dice_wt")
     assert len(list((run / "overlays").glob("*.png"))) == 1
     assert (run / "alpha.png").stat().st_size > 0
     model = load_checkpoint(run / "cascade.ckpt")
@@ -161,7 +160,7 @@ def test_an_interrupted_stage2_fit_resumes_from_its_checkpoint(smoke_run) -> Non
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     cases = prepare.prepare_cases(cfg.data, cfg.synthetic)
-    train_ids, val_ids = prepare.prepare_split(cases, cfg.data.split, run)
+    train_ids, val_ids, _ = prepare.prepare_split(cases, cfg.data.split, run)
     store, cases, scheme = prepare.prepare_cache(cases, cfg.preprocessing, cache, cfg.data.labels)
     _, weights = stages.fit_stage1(cfg, scheme, store, train_ids, val_ids, None)
     tag = stages.file_tag(weights)
@@ -245,3 +244,23 @@ def test_a_rank_other_than_zero_writes_no_outputs(smoke_run, tmp_path) -> None:
     assert "Stage 2: reusing" in result.stdout + result.stderr
     written = {path.name for path in run.iterdir()} if run.exists() else set()
     assert not written & {"cascade.ckpt", "metrics.json", "per_case.csv", "split.json"}
+
+
+def test_a_test_split_is_held_out_and_reported_apart(smoke_run, tmp_path) -> None:
+    cache, _ = smoke_run
+    run = tmp_path / "run"
+    result = train(
+        *TINY, "synthetic.cases=5", "data.split.test_count=1", f"cache_dir={cache}",
+        f"hydra.run.dir={run}", "logger=none",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    split = json.loads((run / "split.json").read_text())
+    assert [len(split[key]) for key in ("train", "val", "test")] == [3, 1, 1]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["reported_split"] == "test" and metrics["cases"] == 1
+    assert metrics["val"]["cases"] == 1 and "dice_wt" in metrics["val"]
+    rows = (run / "per_case.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert header[:2] == ["case_id", "split"] and "volume_error_ml_wt" in header
+    by_split = {row.split(",")[0]: row.split(",")[1] for row in rows[1:]}
+    assert by_split == {split["val"][0]: "val", split["test"][0]: "test"}

@@ -154,7 +154,6 @@ def stage1_loader(
         "train_ids": list(ids),
         "val_ids": [],
         "num_workers": num_workers,
-        "val_seed": cfg.seed,
     }
     kwargs, off = constructor_kwargs(Stage1DataModule, node, runtime)
     datamodule = Stage1DataModule(**kwargs)

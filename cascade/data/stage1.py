@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
@@ -239,13 +239,37 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-class Stage1DataModule(L.LightningDataModule):
-    """Tumor-biased 2.5D slabs from the case store for Stage 1.
+class CaseImages(Dataset):
+    """Whole validation cases: {"image" float32 (4, X, Y, Z), "label" uint8 (X, Y, Z),
+    "case_id"}, so Stage 1 is scored as it is used, on the three-view prior of whole volumes."""
 
-    Batches: {"image": (B, 4 * slab_depth, H, W) float32, "label": (B, H, W) long}, with
-    (H, W) = slab_size. Under DDP each process samples from its own shard of the training
-    cases; Lightning's distributed sampler (on by default) splits the epoch's slab count and
-    the validation slabs between processes.
+    def __init__(self, store: CaseStore, case_ids: Sequence[str]) -> None:
+        self.store = store
+        self.case_ids = list(case_ids)
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        case_id = self.case_ids[index]
+        label = self.store.label(case_id)
+        if label is None:
+            raise ValueError(f"{case_id}: Stage-1 validation needs a label, the case has none")
+        return {
+            # np.array: one copy from the read-only memory maps
+            "image": torch.from_numpy(np.array(self.store.image(case_id), dtype=np.float32)),
+            "label": torch.from_numpy(np.array(label, dtype=np.uint8)),
+            "case_id": case_id,
+        }
+
+
+class Stage1DataModule(L.LightningDataModule):
+    """Tumor-biased 2.5D slabs from the case store for Stage 1, whole cases to validate.
+
+    Training batches: {"image": (B, 4 * slab_depth, H, W) float32, "label": (B, H, W) long},
+    with (H, W) = slab_size; validation batches: one whole case (CaseImages). Under DDP each
+    process samples from its own shard of the training cases; Lightning's distributed sampler
+    (on by default) splits the epoch's slab count and the validation cases between processes.
     """
 
     def __init__(
@@ -258,14 +282,12 @@ class Stage1DataModule(L.LightningDataModule):
         slab_size: Sequence[int],
         tumor_fraction: float,
         train_slabs_per_epoch: int,
-        val_slabs: int,
         batch_size: int,
         num_workers: int,
         flip_probability: float,
         intensity_probability: float,
         log_gamma: float,
         bias_field_coefficient: float,
-        val_seed: int,
     ) -> None:
         super().__init__()
         for view in views:
@@ -280,15 +302,13 @@ class Stage1DataModule(L.LightningDataModule):
             "tumor_fraction": tumor_fraction,
         }
         self.train_slabs_per_epoch = train_slabs_per_epoch
-        self.val_slabs = val_slabs
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.augmentation = build_augmentation(
             flip_probability, intensity_probability, log_gamma, bias_field_coefficient
         )
-        self.val_seed = val_seed
         self.train_set: SlabDataset | None = None
-        self.val_set: SlabDataset | None = None
+        self.val_set: CaseImages | None = None
 
     @property
     def in_channels(self) -> int:
@@ -305,19 +325,14 @@ class Stage1DataModule(L.LightningDataModule):
                 augmentation=self.augmentation,
             )
         if self.val_set is None and stage in (None, "fit", "validate") and self.val_ids:
-            self.val_set = SlabDataset(
-                SlabSampler(self.store, self.val_ids, **self.sampling),
-                self.val_slabs,
-                seed=self.val_seed,
-                augmentation=None,
-            )
+            self.val_set = CaseImages(self.store, self.val_ids)
 
-    def _loader(self, dataset: Dataset | None, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, drop_last: bool, batch_size: int) -> DataLoader:
         if dataset is None:
             raise RuntimeError("Stage1DataModule: call setup() before asking for a dataloader")
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             shuffle=False,  # items are random draws already; the index only seeds them
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
@@ -326,7 +341,7 @@ class Stage1DataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, drop_last=True)
+        return self._loader(self.train_set, drop_last=True, batch_size=self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, drop_last=False)
+        return self._loader(self.val_set, drop_last=False, batch_size=1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -257,20 +257,16 @@ class CascadePredictor:
 
     def _stage2(self, image: Tensor, prior: Tensor, box: Box) -> Tensor:
         """Prior with the Stage-2 mixed probabilities pasted into `box` (classes, x, y, z)."""
-        region = tuple(slice(start, stop) for start, stop in box)
-        inputs = torch.cat([image[(slice(None), *region)], prior[(slice(None), *region)]])
-        mixed = sliding_window_predict(
+        return stage2_in_box(
             self._mixed_windows,
-            inputs,
-            patch_size=self.patch_size,  # type: ignore[arg-type]
-            overlap=self.overlap,
-            batch_size=self.stage2_batch_size,
-            num_outputs=prior.shape[0],
-            weighting=self.weighting,
+            image,
+            prior,
+            box,
+            self.patch_size,
+            self.overlap,
+            self.stage2_batch_size,
+            self.weighting,
         )
-        probabilities = prior.clone()
-        probabilities[(slice(None), *region)] = mixed
-        return probabilities
 
     def _mixed_windows(self, windows: Tensor) -> Tensor:
         """(B, 4 + classes, *patch) image + prior windows -> (B, classes, *patch) mixed."""
@@ -281,6 +277,57 @@ class CascadePredictor:
         # CUDA kernels run asynchronously: wait before reading the clock.
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def stage2_in_box(
+    mixed_windows: Callable[[Tensor], Tensor],
+    image: Tensor,
+    prior: Tensor,
+    box: Box,
+    patch_size: Sequence[int],
+    overlap: float,
+    batch_size: int,
+    weighting: str = "gaussian",
+) -> Tensor:
+    """The prior (classes, x, y, z) with `mixed_windows`' output (image + prior windows ->
+    mixed probabilities) blended over the sliding windows of `box` pasted into it."""
+    region = tuple(slice(start, stop) for start, stop in box)
+    inputs = torch.cat(
+        [image[(slice(None), *region)], prior[(slice(None), *region)].to(image.dtype)]
+    )
+    mixed = sliding_window_predict(
+        mixed_windows,
+        inputs,
+        patch_size=tuple(patch_size),  # type: ignore[arg-type]
+        overlap=overlap,
+        batch_size=batch_size,
+        num_outputs=prior.shape[0],
+        weighting=weighting,
+    )
+    probabilities = prior.clone().float()
+    probabilities[(slice(None), *region)] = mixed
+    return probabilities
+
+
+def roi_probabilities(
+    mixed_windows: Callable[[Tensor], Tensor],
+    image: Tensor,
+    prior: Tensor,
+    patch_size: Sequence[int],
+    overlap: float,
+    batch_size: int,
+    roi_margin: int,
+    weighting: str = "gaussian",
+) -> Tensor:
+    """The cascade's output as the predictor runs it: Stage 2 on the windows that cover the
+    prior's tumor box grown by `roi_margin`, the prior elsewhere (all of it without tumor)."""
+    box = tumor_box(prior.argmax(0), roi_margin)
+    if box is None:
+        return prior.float()
+    box = evaluated_region(image.shape[1:], patch_size, box)
+    return stage2_in_box(
+        mixed_windows, image, prior, box, patch_size, overlap, batch_size, weighting
+    )
 
 
 def _uncrop_classes(classes: np.ndarray, meta: CaseMeta) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -12,12 +12,18 @@ from torch.nn import Parameter
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from cascade.inference.multiview import predict_prior
 from cascade.lit.optim import optimizer_with_schedule
 from cascade.metrics import DEFAULT_REGIONS, RegionDice
 
 
 class Stage1Module(L.LightningModule):
     """Slabs (B, 4k, H, W) -> net logits -> softmax -> `loss` against the centre-slice labels.
+
+    Validation scores Stage 1 as it is used: the three-view prior of each whole validation case
+    (`predict_prior` over `views` with `slab_depth` slices, slices padded to `plane_size`,
+    `slab_batch_size` slabs per forward pass), so the best checkpoint is chosen on the prior
+    Stage 2 and the predictor get, not on single slabs, where empty slabs score 1.
 
     optimizer: partial taking the parameters. scheduler: partial taking the optimizer and the
     run's total optimizer steps (positionally, e.g. CosineAnnealingLR(optimizer, T_max)); it is
@@ -31,6 +37,10 @@ class Stage1Module(L.LightningModule):
         optimizer: Callable[[Iterable[Parameter]], Optimizer],
         scheduler: Callable[[Optimizer, int], LRScheduler] | None,
         regions: Mapping[str, tuple[int, ...]] = DEFAULT_REGIONS,
+        views: Sequence[str] = ("axial", "sagittal", "coronal"),
+        slab_depth: int = 5,
+        plane_size: Sequence[int] | None = None,
+        slab_batch_size: int = 32,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
@@ -39,6 +49,10 @@ class Stage1Module(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.val_dice = RegionDice(regions)
+        self.views = tuple(views)
+        self.slab_depth = slab_depth
+        self.plane_size = None if plane_size is None else tuple(plane_size)
+        self.slab_batch_size = slab_batch_size
 
     def forward(self, slabs: Tensor) -> Tensor:
         """(B, 4k, H, W) -> logits (B, classes, H, W)."""
@@ -54,9 +68,22 @@ class Stage1Module(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_index: int) -> None:
-        loss, probabilities = self._step(batch)
-        self.val_dice.update(probabilities.argmax(dim=1), batch["label"])
-        self.log("stage1/val_loss", loss, on_epoch=True, sync_dist=True, prog_bar=True)
+        """One whole case: {"image" (1, 4, X, Y, Z), "label" (1, X, Y, Z)}."""
+        prior = predict_prior(
+            self.net,
+            batch["image"][0],
+            slab_depth=self.slab_depth,
+            views=self.views,
+            batch_size=self.slab_batch_size,
+            device=self.device,
+            fp16=False,  # under 16-mixed Lightning's autocast is already on
+            plane_size=self.plane_size,
+        )
+        loss = self.loss(prior[None], batch["label"])
+        self.val_dice.update(prior.argmax(0)[None], batch["label"])
+        self.log(
+            "stage1/val_loss", loss, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=1
+        )
 
     def on_validation_epoch_end(self) -> None:
         # RegionDice reduces its states across processes itself

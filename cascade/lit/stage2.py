@@ -13,7 +13,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
 from cascade.data.cases import MODALITIES
-from cascade.inference.sliding import sliding_window_predict
+from cascade.inference.cascade import roi_probabilities
 from cascade.lit.optim import optimizer_with_schedule
 from cascade.metrics import DEFAULT_REGIONS, RegionDice
 from cascade.nn.residual_mix import LearnableResidualMix
@@ -29,8 +29,10 @@ class Stage2Module(L.LightningModule):
     `alpha_lr` gives alpha its own learning rate (None: the optimizer's); alpha never gets weight
     decay, which would pull it towards 0.5. optimizer/scheduler: as in Stage1Module (the
     scheduler partial takes the optimizer and the run's total steps; stepped every step).
-    Batches: {"image", "prior", "label"} as produced by Stage2DataModule. `patch_size`,
-    `overlap` and `window_batch_size` set the whole-volume sliding window of validation;
+    Batches: {"image", "prior", "label"} as produced by Stage2DataModule. Validation scores the
+    cascade as CascadePredictor runs it, so the best checkpoint is chosen on what is used:
+    Stage 2 on the windows (`patch_size`, `overlap`, `window_batch_size`) around the prior's
+    tumor box grown by `roi_margin`, the prior elsewhere;
     `channels_last` runs the net in channels_last_3d memory format; `compile` compiles it with
     torch.compile (in place: parameter names and checkpoints stay those of the plain net).
     """
@@ -46,6 +48,7 @@ class Stage2Module(L.LightningModule):
         overlap: float,
         window_batch_size: int,
         alpha_lr: float | None = None,
+        roi_margin: int = 8,
         channels_last: bool = False,
         compile: bool = False,
         regions: Mapping[str, tuple[int, ...]] = DEFAULT_REGIONS,
@@ -63,6 +66,7 @@ class Stage2Module(L.LightningModule):
         self.overlap = overlap
         self.window_batch_size = window_batch_size
         self.alpha_lr = alpha_lr
+        self.roi_margin = roi_margin
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last_3d)
@@ -99,13 +103,14 @@ class Stage2Module(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         for image, prior, label in zip(batch["image"], batch["prior"], batch["label"], strict=True):
-            probabilities = sliding_window_predict(
+            probabilities = roi_probabilities(
                 self._predict_patches,
-                torch.cat([image, prior.to(image.dtype)], dim=0),
+                image,
+                prior.to(image.dtype),
                 patch_size=self.patch_size,
                 overlap=self.overlap,
                 batch_size=self.window_batch_size,
-                num_outputs=prior.shape[0],
+                roi_margin=self.roi_margin,
             )
             self.val_loss(self.loss(probabilities[None], label[None]))
             self.val_dice.update(probabilities.argmax(0)[None], label[None])

@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> dict | None:
     with open_dict(cfg):
         # the class counts of the nets and the loss follow the detected scheme from here on
         cfg.data.labels = scheme.name
-    train_ids, val_ids = prepare_split(cases, cfg.data.split, run_dir)
+    train_ids, val_ids, test_ids = prepare_split(cases, cfg.data.split, run_dir)
     logger = build_logger(cfg.get("logger"))
     if logger is not None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -81,16 +81,34 @@ def run(cfg: DictConfig) -> dict | None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     predictor = build_predictor(model, device, fp16=str(cfg.trainer.precision).startswith("16"))
-    val_cases = [case for case in cases if case.case_id in set(val_ids)]
     overlay_dir = run_dir / "overlays" if cfg.evaluation.overlay_cases else None
-    rows = evaluate_cases(predictor, val_cases, overlay_dir, cfg.evaluation.overlay_cases)
-    metrics = run_metrics(rows, scheme, alpha=float(mix.alpha.detach()))
+    # validation cases chose both checkpoints; test cases chose nothing, so they are reported
+    # (metrics.json's top level) whenever there are any, and validation apart under "val"
+    rows, by_split = [], {}
+    for split, ids in (("val", val_ids), ("test", test_ids)):
+        if not ids:
+            continue
+        split_cases = [case for case in cases if case.case_id in set(ids)]
+        split_rows = evaluate_cases(
+            predictor, split_cases, overlay_dir, cfg.evaluation.overlay_cases
+        )
+        rows += [{"case_id": row["case_id"], "split": split, **row} for row in split_rows]
+        by_split[split] = run_metrics(split_rows, scheme, alpha=float(mix.alpha.detach()))
+    reported = "test" if "test" in by_split else "val"
+    metrics = {**by_split[reported], "reported_split": reported}
+    if reported == "test":
+        metrics["val"] = by_split["val"]
     write_outputs(run_dir, rows, metrics)
     if logger is not None:
-        logger.log_metrics({f"final/{key}": value for key, value in metrics.items()})
+        for split, split_metrics in by_split.items():
+            logger.log_metrics(
+                {f"final/{split}/{key}": value for key, value in split_metrics.items()}
+            )
         _log_overlays(logger, overlay_dir)
         logger.finalize("success")
-    print(format_metrics(metrics, scheme))
+    for split, split_metrics in by_split.items():
+        print(f"{split} cases:")
+        print(format_metrics(split_metrics, scheme))
     print(f"outputs in {run_dir}")
     return metrics
 

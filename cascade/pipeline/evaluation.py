@@ -16,7 +16,7 @@ from cascade.data.labels import LabelScheme
 from cascade.data.nifti import read_volume
 from cascade.inference.cascade import CascadePredictor
 from cascade.io import write_text_atomic
-from cascade.metrics import case_metrics, summarize
+from cascade.metrics import case_metrics, summarize, volume_comparison
 from cascade.viz import save_overlay
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 def evaluate_cases(
     predictor: CascadePredictor, cases: list[Case], overlay_dir: Path | None, overlay_cases: int
 ) -> list[dict[str, object]]:
-    """Per-case metrics of the cascade and, for comparison, of Stage 1 alone."""
+    """Per-case metrics of the cascade and, for comparison, of Stage 1 alone, with the
+    predicted and reference volume of every region (mL, from the label's voxel size)."""
     rows = []
     for index, case in enumerate(tqdm(cases, desc="evaluate", unit="case")):
         prediction = predictor.predict(case)
@@ -40,6 +41,7 @@ def evaluate_cases(
                 "case_id": case.case_id,
                 **cascade_metrics,
                 **{f"stage1_{key}": value for key, value in stage1_metrics.items()},
+                **volume_comparison(prediction.classes, truth, spacing, regions),
                 "seconds": prediction.timings["total"],
             }
         )
@@ -61,7 +63,7 @@ def run_metrics(
     """metrics.json: means over cases (BraTS empty-region rule) of each region of `scheme`,
     alpha, and Stage 1 alone."""
     regions = scheme.region_names
-    numeric = [{k: v for k, v in row.items() if k != "case_id"} for row in rows]
+    numeric = [{k: v for k, v in row.items() if k not in ("case_id", "split")} for row in rows]
     summary = summarize(numeric)
     metrics: dict[str, float] = {}
     for prefix in ("", "stage1_"):

@@ -14,7 +14,7 @@ from cascade.data.cases import Case
 from cascade.data.discovery import scan_cases
 from cascade.data.errors import CaseError
 from cascade.data.labels import LabelScheme
-from cascade.data.split import read_split, split_cases, write_split
+from cascade.data.split import read_case_list, read_split, split_cases, write_split
 from cascade.data.synthetic import write_dataset
 from cascade.data.validation import resolve_scheme, validate_case, with_scheme
 
@@ -59,17 +59,27 @@ def prepare_cases(data: DictConfig, synthetic: DictConfig | None = None) -> list
 
 def prepare_split(
     cases: list[Case], split: DictConfig, run_dir: Path
-) -> tuple[list[str], list[str]]:
-    """The seeded train/validation split, kept in the run folder so a resumed run reuses it."""
+) -> tuple[list[str], list[str], list[str]]:
+    """The seeded train/validation/test split, kept in the run folder so a resumed run reuses
+    it. Test cases are `split.test_cases` (a file of case ids) or `split.test_count` draws."""
     path = run_dir / "split.json"
     if path.exists():
         return read_split(path)
-    train, val = split_cases(
-        [case.case_id for case in cases], split.val_count, split.val_fraction, split.seed
-    )
+    test_file = split.get("test_cases")
+    try:
+        train, val, test = split_cases(
+            [case.case_id for case in cases],
+            split.val_count,
+            split.val_fraction,
+            split.seed,
+            test_count=split.get("test_count") or 0,
+            test_ids=read_case_list(test_file) if test_file else None,
+        )
+    except ValueError as error:
+        raise DataError(str(error)) from None
     if rank_zero_only.rank == 0:  # the other ranks compute the same seeded split
-        write_split(path, train, val)
-    return train, val
+        write_split(path, train, val, test)
+    return train, val, test
 
 
 def check_cases(cases: list[Case]) -> dict[str, tuple[int, ...]]:
@@ -99,7 +109,8 @@ def prepare_cache(
 
     Only cases not cached yet, or whose files changed since, are read in full: a cached case
     was checked when it was stored and its label values are in its meta, and re-reading a whole
-    dataset on every run (and on every DDP rank) costs minutes. Returns the cache, the cases in the scheme, and the scheme.
+    dataset on every run (and on every DDP rank) costs minutes. Returns the cache, the cases in
+    the scheme, and the scheme.
     """
     cache = PreprocessCache(cache_dir, OmegaConf.to_container(preprocessing, resolve=True))
     cached = {case.case_id for case in cases if cache.is_current(case, check_scheme=False)}

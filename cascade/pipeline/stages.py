@@ -140,8 +140,9 @@ def stage2_folder(
     val_ids: list[str],
     data_identity: str,
 ) -> Path:
-    # validation windows: overlap shapes the validation Dice that picks the best checkpoint
-    validation = {"overlap": cfg.model.inference.overlap}
+    # validation as the predictor runs it: these shape the Dice that picks the best checkpoint
+    inference = cfg.model.inference
+    validation = {"overlap": inference.overlap, "roi_margin": inference.roi_margin}
     return stage_folder(
         cfg, "stage2", prior_tag, cfg.preprocessing,
         _shaping(cfg.data.stage2, _NOT_SHAPING_LOADER), cfg.model.stage2, cfg.model.mix,
@@ -227,9 +228,15 @@ def fit_stage1(
 
 def _fit_stage1(cfg, scheme, cache, train_ids, val_ids, logger, extra_callbacks, net, folder):
     weights = folder / "stage1.pt"
+    stage1 = cfg.data.stage1
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
     module = Stage1Module(
         net=net,
         regions=dict(scheme.regions),
+        views=list(stage1.views),
+        slab_depth=stage1.slab_depth,
+        plane_size=list(stage1.slab_size),
+        slab_batch_size=slab_batch_size(cfg.model.inference, device),
         loss=build_loss(cfg, scheme),
         optimizer=instantiate(cfg.model.optimizer),
         scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
@@ -313,6 +320,7 @@ def _fit_stage2(
         patch_size=list(cfg.data.stage2.patch_size),
         overlap=cfg.model.inference.overlap,
         window_batch_size=cfg.model.inference.window_batch_size,
+        roi_margin=cfg.model.inference.roi_margin,
         alpha_lr=cfg.model.alpha_lr,
         compile=cfg.model.compile,
     )

@@ -2,10 +2,13 @@ from functools import partial
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 
-from cascade.data.stage1 import Stage1DataModule
+from cascade.data.stage1 import SlabDataset, SlabSampler, Stage1DataModule
+from cascade.inference.multiview import predict_prior
 from cascade.lit.stage1 import Stage1Module
+from cascade.metrics import case_metrics
 from cascade.nn.losses import DiceCELoss
 from cascade.nn.unet2d import UNet2d
 
@@ -54,23 +57,31 @@ def test_a_few_steps_lower_the_loss() -> None:
         slab_size=[16, 16],
         tumor_fraction=0.7,
         train_slabs_per_epoch=40,
-        val_slabs=8,
         batch_size=4,
         num_workers=0,
         flip_probability=0.5,
         intensity_probability=0.0,
         log_gamma=0.0,
         bias_field_coefficient=0.0,
-        val_seed=0,
     )
     module = Stage1Module(
         net=UNet2d(12, 4, filters=8, depth=3, norm="instance", activation="leaky_relu"),
         loss=DiceCELoss([1.0, 1.0, 1.0, 2.5]),
         optimizer=partial(torch.optim.AdamW, lr=1e-2, weight_decay=1e-4),
         scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR),
+        slab_depth=3,
+        plane_size=[16, 16],
     )
     data.setup("fit")
-    before = _mean_val_loss(module, data.val_dataloader())
+    # the same 8 slabs of the held-out case before and after
+    held_out = SlabDataset(
+        SlabSampler(data.store, ["c3"], 3, ["axial", "sagittal", "coronal"], [16, 16], 0.7),
+        8,
+        seed=0,
+        augmentation=None,
+    )
+    slabs = torch.utils.data.DataLoader(held_out, batch_size=4)
+    before = _mean_val_loss(module, slabs)
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=20,
@@ -81,7 +92,7 @@ def test_a_few_steps_lower_the_loss() -> None:
         num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=data)
-    after = _mean_val_loss(module, data.val_dataloader())
+    after = _mean_val_loss(module, slabs)
     assert after < 0.8 * before
     metrics = trainer.callback_metrics
     for name in [
@@ -91,5 +102,14 @@ def test_a_few_steps_lower_the_loss() -> None:
     ]:
         assert f"stage1/{name}" in metrics
     assert 0.0 <= metrics["stage1/val_dice_mean"].item() <= 1.0
+    # validation scored the whole held-out case's three-view prior, as the predictor builds it
+    module.eval()
+    with torch.no_grad():
+        prior = predict_prior(
+            module.net, data.store.image("c3"), 3, module.views, 8, "cpu", False, [16, 16]
+        )
+    expected = case_metrics(prior.argmax(0).numpy(), data.store.label("c3"), (1.0, 1.0, 1.0))
+    mean = np.mean([expected[f"dice_{region}"] for region in ("wt", "tc", "et")])
+    assert metrics["stage1/val_dice_mean"].item() == pytest.approx(mean, abs=1e-5)
     # the cosine schedule spans exactly the run
     assert trainer.lr_scheduler_configs[0].scheduler.T_max == 20
