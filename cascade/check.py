@@ -115,7 +115,7 @@ def _print_scheme(path: Path, scheme: LabelScheme | None, labels: str) -> None:
         how = "detected" if labels == "auto" else "forced"
         values = ", ".join(
             f"{value} {meaning}"
-            for value, meaning in zip(scheme.file_values, scheme.file_meanings, strict=True)
+            for value, meaning in sorted(zip(scheme.file_values, scheme.file_meanings, strict=True))
             if value
         )
         regions = ", ".join(scheme.regions)

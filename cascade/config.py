@@ -1,13 +1,20 @@
-"""Hydra plumbing shared by the entry points: where conf/ lives, resolvers, DDP re-launches."""
+"""Hydra plumbing shared by the entry points: where conf/ lives, the schema and resolvers, DDP
+re-launches, and one-line messages for a config Hydra cannot compose."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
+from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from cascade.schema import did_you_mean, register_schemas, unknown_key
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -27,8 +34,10 @@ def _label_classes(labels: str) -> int:
 
 
 def register_resolvers() -> None:
-    """Resolvers for derived sizes: ``${mul:a,b}``, ``${add:a,b}`` (Stage 1's input channels,
+    """What composing conf/ needs: the schema of train.yaml (``cascade.schema``) and the
+    resolvers of derived sizes, ``${mul:a,b}``, ``${add:a,b}`` (Stage 1's input channels,
     4 x slab depth; Stage 2's, 4 + classes) and ``${label_classes:scheme}``."""
+    register_schemas()
     resolvers = {
         "mul": lambda a, b: int(a) * int(b),
         "add": lambda a, b: int(a) + int(b),
@@ -63,3 +72,47 @@ def pin_ddp_child_to_parent_job() -> None:
         "hydra.output_subdir=null",
         f"hydra.job.name=ddp_rank_{rank}",
     ]
+
+
+def experiment_without_plus(overrides: list[str]) -> list[str]:
+    """``experiment=NAME`` as ``+experiment=NAME``.
+
+    train.yaml keeps no ``experiment: null`` slot in its defaults: Hydra would then refuse
+    ``+experiment=NAME`` ("Multiple values for experiment"), the form compose() callers use.
+    """
+    return [f"+{item}" if item.startswith("experiment=") else item for item in overrides]
+
+
+def composition_error_line(error: Exception) -> str:
+    """One line for a config Hydra could not compose: the full key and the nearest valid one,
+    and where it was set (a file of conf/, or the command line)."""
+    text = str(error)
+    located = re.match(r"In '([^']+)': ", text)
+    if located:
+        where = f", in {located[1]}"
+    elif re.match("Could not override|Could not append|Error merging override", text):
+        where = ", on the command line"
+    else:
+        where = ""
+    cause = error.__cause__ or error.__context__
+    if isinstance(error, MissingConfigException):
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        if error.options:
+            # an option of train.yaml's defaults list or of the command line
+            where = "" if located and located[1] == "train" else where
+            return f"{group} has no option {name}{did_you_mean(name, error.options)}{where}"
+        if group.startswith("hydra/"):
+            return f"{error.missing_cfg_file} not found{where}: is the Hydra plugin installed?"
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
+        if is_dataclass(cause.object_type):
+            valid = [entry.name for entry in fields(cause.object_type)]
+            return unknown_key(cause.full_key, valid) + where
+        # a dict handed to a library class (the Trainer, an optimizer): it may take a new key
+        siblings = list(cause.parent_node or ())
+        if did_you_mean(cause.full_key.rpartition(".")[2], siblings):
+            return unknown_key(cause.full_key, siblings) + where
+        return f"unknown key {cause.full_key}{where} (add a key with +{cause.full_key}=...)"
+    if isinstance(cause, ValidationError) and cause.full_key:
+        return f"{cause.full_key}: {cause.msg.splitlines()[0]}{where}"
+    lines = text.split("\nConfig search path:")[0].splitlines()
+    return " ".join(line.strip() for line in lines if line.strip())

@@ -30,8 +30,8 @@ SETTINGS = {
 }
 
 
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
+def write_checkpoint(path: Path, settings: dict) -> Path:
+    """An untrained (but real) tiny cascade saved as cascade.ckpt with `settings`."""
     stage1, stage2 = UNet2d(in_channels=12, **NET), AttentionUNet3d(in_channels=8, **NET)
     networks = {
         "stage1": {"_target_": "cascade.nn.unet2d.UNet2d", "in_channels": 12, **NET},
@@ -42,11 +42,15 @@ def checkpoint(tmp_path: Path) -> Path:
         },
         "mix": {"_target_": "cascade.nn.residual_mix.LearnableResidualMix", "init": 0.5},
     }
-    path = tmp_path / "cascade.ckpt"
     save_checkpoint(
-        path, CascadeModel(stage1, stage2, LearnableResidualMix(0.5), SETTINGS), networks
+        path, CascadeModel(stage1, stage2, LearnableResidualMix(0.5), settings), networks
     )
     return path
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    return write_checkpoint(tmp_path / "cascade.ckpt", SETTINGS)
 
 
 def _args(checkpoint: Path, source: Path, output: Path, *extra: str) -> list[str]:

@@ -9,12 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cascade.checkpoint import CascadeModel, save_checkpoint
-from cascade.nn.attention_unet3d import AttentionUNet3d
-from cascade.nn.residual_mix import LearnableResidualMix
-from cascade.nn.unet2d import UNet2d
 from cascade.predict import main as predict
-from tests.test_predict import NET, SETTINGS, _args
+from tests.test_predict import SETTINGS, _args, write_checkpoint
 
 GEOMETRY = {"orientation": "LPS", "spacing": [1.0, 1.0, 1.0]}
 SHAPE = (24, 26, 20)
@@ -23,21 +19,7 @@ SHAPE = (24, 26, 20)
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     settings = {**SETTINGS, "preprocessing": {**SETTINGS["preprocessing"], **GEOMETRY}}
-    stage1, stage2 = UNet2d(in_channels=12, **NET), AttentionUNet3d(in_channels=8, **NET)
-    networks = {
-        "stage1": {"_target_": "cascade.nn.unet2d.UNet2d", "in_channels": 12, **NET},
-        "stage2": {
-            "_target_": "cascade.nn.attention_unet3d.AttentionUNet3d",
-            "in_channels": 8,
-            **NET,
-        },
-        "mix": {"_target_": "cascade.nn.residual_mix.LearnableResidualMix", "init": 0.5},
-    }
-    path = tmp_path / "cascade.ckpt"
-    save_checkpoint(
-        path, CascadeModel(stage1, stage2, LearnableResidualMix(0.5), settings), networks
-    )
-    return path
+    return write_checkpoint(tmp_path / "cascade.ckpt", settings)
 
 
 def _store(paths: dict[str, Path], folder: Path, transform) -> dict[str, Path]:

@@ -264,3 +264,74 @@ def test_a_test_split_is_held_out_and_reported_apart(smoke_run, tmp_path) -> Non
     assert header[:2] == ["case_id", "split"] and "volume_error_ml_wt" in header
     by_split = {row.split(",")[0]: row.split(",")[1] for row in rows[1:]}
     assert by_split == {split["val"][0]: "val", split["test"][0]: "test"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_train_together_and_rank_zero_writes_once(tmp_path) -> None:
+    """trainer.num_nodes=2 with one CPU process per node (gloo), started by hand as a cluster
+    would: both nodes run the whole job on one cache and one run folder; only global rank 0
+    writes the split, the checkpoint and the metrics."""
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    port = _free_port()
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cascade.train",
+                *TINY,
+                f"cache_dir={cache}",
+                f"hydra.run.dir={run}",
+                "logger=none",
+                "trainer.accelerator=cpu",
+                "trainer.devices=1",
+                "trainer.num_nodes=2",
+                "trainer.strategy=ddp",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **os.environ,
+                "WANDB_MODE": "disabled",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "NODE_RANK": str(node),
+                "WORLD_SIZE": "2",
+            },
+        )  # fmt: skip
+        for node in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=900) for node in nodes]
+    for node, (_, stderr) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in outputs[1][1] or "global rank 1" in outputs[1][1].lower()
+    assert json.loads((run / "metrics.json").read_text()).keys() >= METRIC_KEYS
+    assert len(json.loads((run / "split.json").read_text())["val"]) == 1
+    assert len(list(run.glob("cascade.ckpt"))) == 1
+    # the Stage-2 fit ran once, over both nodes: one stage folder with one set of checkpoints
+    assert len(list(cache.glob("stage2-*/stage2.pt"))) == 1
+
+
+@pytest.mark.slow
+def test_a_sweep_through_the_submitit_launcher_shares_one_stage1(tmp_path) -> None:
+    """The path the SLURM config takes (hydra-submitit-launcher), in its local mode: two jobs
+    started together on one cache; Stage 1 is trained once under its lock, reused by the other."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cache, sweep = tmp_path / "cache", tmp_path / "sweep"
+    result = train(
+        "-m", "hydra/launcher=submitit_local", *TINY, f"cache_dir={cache}", "logger=none",
+        f"hydra.sweep.dir={sweep}", "model.stage2.filters=4,6", timeout=1200,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "metrics.json").read_text()).keys() >= METRIC_KEYS
+    assert len(list(cache.glob("stage1-*/stage1.pt"))) == 1
+    assert len(list(cache.glob("stage2-*/stage2.pt"))) == 2

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from filelock import FileLock
 from scipy import ndimage
 from tqdm import tqdm
 
@@ -498,8 +499,18 @@ def write_dataset(
     """Write `cases` cases as <out>/Synth_<nnn>/Synth_<nnn>_{t1,t1ce,t2,flair,seg}.nii.gz.
 
     Cases whose five files all exist are kept as they are. Returns the case folders in order.
+    Each file is renamed into place when complete, and a lock beside `out` makes runs that
+    generate the same dataset at once wait for each other, so none reads a half-written case.
     """
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(out.parent / f".{out.name}.lock"):
+        return _write_cases(out, cases, shape, seed, progress)
+
+
+def _write_cases(
+    out: Path, cases: int, shape: Sequence[int], seed: int, progress: bool
+) -> list[Path]:
     affine = lps_affine(shape)
     folders = []
     for index in tqdm(range(cases), desc="synthetic cases", unit="case", disable=not progress):

@@ -8,7 +8,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cascade.checkpoint import CascadeModel, build_predictor, save_checkpoint
@@ -16,6 +15,7 @@ from cascade.config import export_job_for_ddp_children
 from cascade.loggers import build_logger
 from cascade.pipeline.evaluation import evaluate_cases, format_metrics, run_metrics, write_outputs
 from cascade.pipeline.prepare import prepare_cache, prepare_cases, prepare_split
+from cascade.pipeline.ranks import is_global_zero, set_rank_from_environment
 from cascade.pipeline.stages import file_tag, fit_stage1, fit_stage2, write_stage1_priors
 from cascade.viz import save_alpha_curve
 
@@ -44,6 +44,7 @@ def run(cfg: DictConfig) -> dict | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     export_job_for_ddp_children(run_dir, list(hydra_cfg.overrides.task))
     L.seed_everything(cfg.seed, workers=True)
+    set_rank_from_environment(cfg.trainer.devices)
 
     cases = prepare_cases(cfg.data, cfg.get("synthetic"))
     cache, cases, scheme = prepare_cache(
@@ -68,7 +69,7 @@ def run(cfg: DictConfig) -> dict | None:
     )
     # Lightning's global rank: set by the fit's strategy, or read from the launcher's environment
     # (torchrun, SLURM) when both stages were reused and no Trainer ran
-    if rank_zero_only.rank != 0:
+    if not is_global_zero():
         return None
     model = CascadeModel(stage1_net, stage2_net, mix, settings=model_settings(cfg))
     networks = {

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cascade.data.cache import PreprocessCache
@@ -17,6 +16,7 @@ from cascade.data.labels import LabelScheme
 from cascade.data.split import read_case_list, read_split, split_cases, write_split
 from cascade.data.synthetic import write_dataset
 from cascade.data.validation import resolve_scheme, validate_case, with_scheme
+from cascade.pipeline.ranks import is_global_zero
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def prepare_split(
         )
     except ValueError as error:
         raise DataError(str(error)) from None
-    if rank_zero_only.rank == 0:  # the other ranks compute the same seeded split
+    if is_global_zero():  # the other ranks compute the same seeded split
         write_split(path, train, val, test)
     return train, val, test
 

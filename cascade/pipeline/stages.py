@@ -24,7 +24,6 @@ from filelock import FileLock
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -37,6 +36,7 @@ from cascade.io import atomic_path
 from cascade.lit.callbacks import AlphaHistory
 from cascade.lit.stage1 import Stage1Module
 from cascade.lit.stage2 import Stage2Module
+from cascade.pipeline.ranks import is_global_zero
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def _stage_lock(folder: Path):
     """The stage folder's lock, taken by the job's rank 0 only: DDP ranks that Lightning starts
     inside the fit must not wait for their own parent."""
     folder.mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank != 0:
+    if not is_global_zero():
         return contextlib.nullcontext()
     return FileLock(folder / "fit.lock")
 
@@ -254,29 +254,37 @@ def _fit_stage1(cfg, scheme, cache, train_ids, val_ids, logger, extra_callbacks,
 def write_stage1_priors(
     cfg: DictConfig, net: nn.Module, cache: PreprocessCache, case_ids: list[str], tag: str
 ) -> None:
-    """Every case's three-view prior into the cache; DDP ranks split the cases."""
+    """Every case's three-view prior into the cache; DDP ranks split the cases. Other jobs on
+    the same cache and Stage 1 wait on a lock of the prior tag and then find the priors written."""
     rank, world = 0, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     device = (
         torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
     )
+    lock = cache.folder / "priors" / f"{tag}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock) if world == 1 else contextlib.nullcontext():
+        _write_priors(cfg, net, cache, case_ids[rank::world], tag, device, rank == 0)
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _write_priors(cfg, net, cache, case_ids, tag, device, progress) -> None:
     write_priors(
         net,
         cache,
-        case_ids[rank::world],
+        case_ids,
         tag,
         slab_depth=cfg.data.stage1.slab_depth,
         views=list(cfg.data.stage1.views),
         batch_size=slab_batch_size(cfg.model.inference, device),
         device=device,
         fp16=str(cfg.trainer.precision).startswith("16"),
-        progress=rank == 0,
+        progress=progress,
         # slices padded to the training slab size, so instance norm sees what it saw in training
         plane_size=list(cfg.data.stage1.slab_size),
     )
-    if world > 1:
-        torch.distributed.barrier()
 
 
 def fit_stage2(

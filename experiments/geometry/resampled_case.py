@@ -27,9 +27,10 @@ from cascade.data.discovery import discover_cases
 def write_resampled(case_folder: Path, out: Path, orientation: str, spacing: list[float]) -> Path:
     (case,) = discover_cases(case_folder)
     out.mkdir(parents=True, exist_ok=True)
-    transform = tio.Compose([tio.ToOrientation(orientation), tio.Resample(tuple(spacing))])
     for modality in MODALITIES:
-        image = transform(tio.ScalarImage(case.images[modality]))
+        image = tio.ToOrientation(orientation)(tio.ScalarImage(case.images[modality]))
+        if not np.allclose(image.spacing, spacing):  # a same-spacing resample would interpolate
+            image = tio.Resample(tuple(spacing))(image)
         image.save(out / case.images[modality].name)
     return out
 

@@ -1,0 +1,242 @@
+"""The config is checked whole at start-up: a mistyped key or a bad value anywhere (command line,
+group option, experiment file) fails in seconds with one line naming the key, exit status 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, OverrideParseException
+
+from cascade.config import (
+    CONFIG_DIR,
+    composition_error_line,
+    experiment_without_plus,
+    register_resolvers,
+)
+from cascade.schema import ConfigError, check_config
+
+# Experiment files outside conf/, found through hydra.searchpath, each with one mistake.
+EXPERIMENTS = {
+    "net_typo": "model:\n  stage2:\n    filtres: 8\n",
+    "trainer_typo": "trainer:\n  stage2:\n    max_epoch: 3\n",
+    "patch_typo": "data:\n  stage2:\n    patch_sise: [48, 48, 48]\n",
+    "evaluation_typo": "evaluation:\n  min_enhancing_voxel: 8\n",
+    "huge_patch": "defaults:\n  - smoke\n\ndata:\n  stage2:\n    patch_size: [128, 128, 128]\n",
+}
+
+
+@pytest.fixture(scope="module")
+def searchpath(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("conf")
+    (folder / "experiment").mkdir()
+    for name, body in EXPERIMENTS.items():
+        (folder / "experiment" / f"{name}.yaml").write_text(f"# @package _global_\n{body}")
+    return f"hydra.searchpath=[file://{folder}]"
+
+
+def config_error(*overrides: str) -> str | None:
+    """The one line `python -m cascade.train` would print after ``config error:``, or None."""
+    register_resolvers()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=experiment_without_plus(list(overrides)))
+    except (ConfigCompositionException, OverrideParseException) as error:
+        return composition_error_line(error)
+    try:
+        check_config(cfg)
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["+experiment=smoke"],
+        ["experiment=smoke", "logger=csv"],
+        ["+experiment=f32_d5"],
+        ["experiment=f24_d4", "logger=none"],
+        ["data=brats2020", "data.root=/data/BraTS2020", "model.scheduler=null"],
+        ["data=brats", "data.root=/data/BraTS2024", "data.labels=auto"],
+        ["+experiment=smoke", "data.stage2.perturbation=null", "+trainer.gradient_clip_val=1.0"],
+        ["model.optimizer._target_=torch.optim.SGD", "+model.optimizer.momentum=0.9"],
+    ],
+)
+def test_valid_configs_pass(overrides) -> None:
+    assert config_error(*overrides) is None
+
+
+@pytest.mark.parametrize(
+    ("experiment", "message"),
+    [
+        (
+            "net_typo",
+            "unknown key model.stage2.filtres (did you mean model.stage2.filters?), "
+            "in experiment/net_typo",
+        ),
+        (
+            "trainer_typo",
+            "unknown key trainer.stage2.max_epoch (did you mean trainer.stage2.max_epochs?)",
+        ),
+        (
+            "patch_typo",
+            "unknown key data.stage2.patch_sise (did you mean data.stage2.patch_size?), "
+            "in experiment/patch_typo",
+        ),
+        (
+            "evaluation_typo",
+            "unknown key evaluation.min_enhancing_voxel "
+            "(did you mean evaluation.min_enhancing_voxels?), in experiment/evaluation_typo",
+        ),
+        (
+            "huge_patch",
+            "data.stage2.patch_size=[128, 128, 128] is larger than the synthetic canvas "
+            "synthetic.shape=[96, 96, 64]",
+        ),
+    ],
+)
+def test_a_mistake_in_an_experiment_file_is_named(searchpath, experiment, message) -> None:
+    assert config_error(searchpath, f"experiment={experiment}") == message
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "model.stage2.filterz=8",
+            "unknown key model.stage2.filterz (did you mean model.stage2.filters?), "
+            "on the command line",
+        ),
+        (
+            "+model.stage2.filterz=8",
+            "unknown key model.stage2.filterz (did you mean model.stage2.filters?)",
+        ),
+        (
+            "model.stag2.filters=8",
+            "unknown key model.stag2 (did you mean model.stage2?), on the command line",
+        ),
+        ("+logger.projetc=brats", "unknown key logger.projetc (did you mean logger.project?)"),
+        (
+            "+model.optimizer.momentun=0.9",
+            "unknown key model.optimizer.momentun (did you mean model.optimizer.momentum?)",
+        ),
+        ("+experiment=smok", "experiment has no option smok (did you mean smoke?)"),
+        ("data=brats", "data.root is not set (give data.root=...)"),
+        (
+            "data.stage1.batch_size=many",
+            "data.stage1.batch_size: Value 'many' of type 'str' could not be converted to "
+            "Integer, on the command line",
+        ),
+        (
+            "model.optimizer._target_=torch.optim.AdamWW",
+            "model.optimizer._target_=torch.optim.AdamWW cannot be imported "
+            "(did you mean torch.optim.AdamW?)",
+        ),
+    ],
+)
+def test_a_mistyped_key_on_the_command_line_is_named(override, message) -> None:
+    # SGD: an optimizer with momentum, so that the typo has a nearest valid key
+    assert config_error("model.optimizer._target_=torch.optim.SGD", override) == message
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ("stage=3", "must be one of 1, 2, all"),
+        (
+            "data.labels=brats2021",
+            "must be one of auto, brats2020, brats2023, brats2024, msd (did you mean brats2024?)",
+        ),
+        ("data.stage1.batch_size=-16", "must be at least 1"),
+        ("data.stage2.num_workers=-1", "must be at least 0"),
+        ("synthetic.cases=-4", "must be at least 1"),
+        ("data.stage2.patches_per_epoch=0", "must be at least 1"),
+        ("trainer.stage1.max_epochs=-1", "must be at least 1"),
+        ("data.stage1.flip_probability=1.5", "must be in [0, 1]"),
+        ("data.stage2.perturbation.p=-0.1", "must be in [0, 1]"),
+        ("data.stage1.slab_size=[80,80,80]", "must hold 2 values"),
+        ("data.stage2.patch_size=[48,48]", "must hold 3 values"),
+        (
+            "model.stage2.norm=instanse",
+            "must be one of instance, batch, group (did you mean instance?)",
+        ),
+    ],
+)
+def test_a_bad_value_is_named_with_what_it_may_be(override, problem) -> None:
+    key, _, value = override.partition("=")
+    shown = value.replace(",", ", ")
+    assert config_error("+experiment=smoke", override) == f"{key}={shown} {problem}"
+
+
+def test_a_patch_larger_than_the_synthetic_canvas_fails() -> None:
+    assert config_error("+experiment=smoke", "data.stage2.patch_size=[48,48,96]") == (
+        "data.stage2.patch_size=[48, 48, 96] is larger than the synthetic canvas "
+        "synthetic.shape=[96, 96, 64]"
+    )
+    # the same patch with cases on disk, whose size only the data say
+    assert (
+        config_error("data=brats", "data.root=/data", "data.stage2.patch_size=[48,48,96]") is None
+    )
+
+
+def test_a_mistyped_interpolation_is_named(tmp_path) -> None:
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "slabs.yaml").write_text(
+        "# @package _global_\nmodel:\n  stage1:\n"
+        "    in_channels: ${mul:4,${data.stage1.slab_dept}}\n"
+    )
+    assert config_error(f"hydra.searchpath=[file://{tmp_path}]", "experiment=slabs") == (
+        "model.stage1.in_channels=${mul:4,${data.stage1.slab_dept}} refers to unknown key "
+        "data.stage1.slab_dept (did you mean data.stage1.slab_depth?)"
+    )
+
+
+def test_experiment_without_plus_means_the_same() -> None:
+    assert experiment_without_plus(["experiment=smoke", "+experiment=smoke", "seed=1"]) == [
+        "+experiment=smoke",
+        "+experiment=smoke",
+        "seed=1",
+    ]
+
+
+def train(*overrides: str, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "cascade.train", *overrides, f"hydra.run.dir={cwd / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "WANDB_MODE": "disabled", "CASCADE_CACHE": str(cwd / "cache")},
+    )
+    return result, time.perf_counter() - started
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["experiment=net_typo"],
+            "unknown key model.stage2.filtres (did you mean model.stage2.filters?), "
+            "in experiment/net_typo",
+        ),
+        (
+            ["+experiment=trainer_typo"],
+            "unknown key trainer.stage2.max_epoch (did you mean trainer.stage2.max_epochs?)",
+        ),
+        (["+experiment=smoke", "stage=3"], "stage=3 must be one of 1, 2, all"),
+    ],
+)
+def test_the_entry_point_stops_in_seconds_with_one_line(
+    searchpath, tmp_path, overrides, message
+) -> None:
+    result, seconds = train(searchpath, *overrides, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [f"config error: {message}"]
+    assert seconds < 15
+    assert not (tmp_path / "cache").exists()  # no data generated or read
