@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -46,6 +47,8 @@ from cascade.data.preprocess import CaseMeta, Preprocessor, preprocess_case
 
 # Part of the hashed settings: bump it when the stored arrays change meaning, so old caches
 # are not reused by new code.
+log = logging.getLogger(__name__)
+
 CACHE_VERSION = 4  # 2: class_locations.npz; 3: label schemes, model and input grids; 4: source.json
 HASH_LENGTH = 12
 COMPLETE = "complete"
@@ -170,6 +173,8 @@ class PreprocessCache:
         todo = [case for case in cases if not self.is_current(case)]
         if not todo:
             return
+        if not (self.folder / "cases").is_dir():
+            self._say_what_is_not_reused()
         (self.folder / "cases").mkdir(parents=True, exist_ok=True)
         self._write_settings()
         self._remove_stale_temporaries(self.folder / "cases")
@@ -219,6 +224,18 @@ class PreprocessCache:
         except OSError:
             if not (final / COMPLETE).is_file():
                 raise
+
+    def _say_what_is_not_reused(self) -> None:
+        """One line when a new cache folder starts beside older ones (other settings, or an
+        earlier CACHE_VERSION whose arrays this code would misread): they are rebuilt here."""
+        others = [path for path in self.folder.parent.glob("preprocessed-*") if path != self.folder]
+        if others:
+            log.warning(
+                "preprocessing into %s: %d cache folder(s) of other settings or an earlier "
+                "version beside it are not reused (delete them to free the space)",
+                self.folder,
+                len(others),
+            )
 
     def _write_settings(self) -> None:
         path = self.folder / "settings.json"

@@ -231,3 +231,18 @@ def test_a_changed_file_re_preprocesses_that_case_only_and_drops_its_priors(
     assert rebuilt == ["Case_002"]
     assert store.has_prior("Case_001", "tag") and not store.has_prior("Case_002", "tag")
     assert store.identity(["Case_001", "Case_002"]) != identity
+
+
+def test_a_cache_of_an_earlier_version_is_rebuilt_with_one_line(
+    tmp_path: Path, dataset: Path, monkeypatch, caplog
+) -> None:
+    store = PreprocessCache(tmp_path / "cache", SETTINGS)
+    store.build(discover_cases(dataset), progress=False)
+    monkeypatch.setattr(cache_module, "CACHE_VERSION", cache_module.CACHE_VERSION + 1)
+    newer = PreprocessCache(tmp_path / "cache", SETTINGS)
+    assert newer.folder != store.folder
+    with caplog.at_level("WARNING", logger="cascade.data.cache"):
+        newer.build(discover_cases(dataset), progress=False)
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert "1 cache folder(s) of other settings or an earlier version" in line
+    assert newer.case_ids() == ["Case_001", "Case_002"]
