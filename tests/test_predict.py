@@ -126,3 +126,20 @@ def test_a_volume_summary_is_written_beside_the_predictions(checkpoint, tmp_path
     assert [row[0] for row in rows] == ["A", "B"]
     written = np.asanyarray(nib.load(output / "A.nii.gz").dataobj)
     assert float(rows[0][2]) == pytest.approx(np.count_nonzero(written) / 1000.0)  # 1 mm voxels
+
+
+def test_a_decathlon_case_is_predicted_in_its_own_convention(checkpoint, tmp_path) -> None:
+    """MSD Task01: one 4D image per case, channels named in dataset.json; the 3D segmentation
+    takes the image's grid and MSD's label values (1 edema, 2 non-enhancing, 3 enhancing)."""
+    from tests.data.release_layouts import msd_task01
+
+    root = msd_task01(tmp_path / "msd")
+    assert predict(_args(checkpoint, root, tmp_path / "seg")) == 0
+    image = nib.load(root / "imagesTs" / "BRATS_485.nii.gz")
+    written = nib.load(tmp_path / "seg" / "BRATS_485.nii.gz")
+    assert written.shape == image.shape[:3]
+    np.testing.assert_allclose(written.affine, image.affine)
+    assert set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1, 2, 3}
+    assert sorted(path.name for path in (tmp_path / "seg").glob("*.nii.gz")) == [
+        "BRATS_001.nii.gz", "BRATS_002.nii.gz", "BRATS_485.nii.gz"
+    ]  # fmt: skip

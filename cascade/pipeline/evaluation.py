@@ -1,4 +1,4 @@
-"""Whole-volume evaluation of the validation cases with the trained cascade, and its outputs."""
+"""Whole-volume evaluation of the held-out (validation and test) cases with the trained cascade, and its outputs."""
 
 from __future__ import annotations
 
@@ -101,5 +101,5 @@ def format_metrics(metrics: dict[str, float], scheme: LabelScheme) -> str:
         lines.append(f"{name + ' Dice':10}" + "".join(f"{value:8.3f}" for value in dice))
     hd95 = [metrics[f"hd95_{region}"] for region in regions]
     lines.append(f"{'HD95 mm':10}" + "".join(f"{value:8.2f}" for value in hd95))
-    lines.append(f"alpha {metrics['alpha']:.3f}, {metrics['cases']} validation cases")
+    lines.append(f"alpha {metrics['alpha']:.3f}, {metrics['cases']} cases")
     return "\n".join(lines)
