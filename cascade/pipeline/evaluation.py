@@ -1,4 +1,4 @@
-"""Whole-volume evaluation of the held-out (validation and test) cases with the trained cascade, and its outputs."""
+"""Whole-volume evaluation of the held-out cases (validation, test) and the run's outputs."""
 
 from __future__ import annotations
 
