@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cascade.checkpoint import CheckpointError, build_predictor, load_checkpoint
-from cascade.data.cases import read_modality
+from cascade.data.cases import overlay_background
 from cascade.data.discovery import scan_cases
 from cascade.data.errors import CaseError
 from cascade.data.nifti import write_segmentation
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **region_volumes_ml(prediction.classes, meta.input_grid.spacing, regions),
         }
         if args.overlays:
-            flair = read_modality(case, "flair")
+            flair = overlay_background(case, prediction.classes.shape)
             save_overlay(
                 args.output / f"{case.case_id}.png", flair, prediction.classes, title=case.case_id
             )

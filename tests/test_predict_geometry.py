@@ -95,9 +95,10 @@ def test_a_flair_on_its_own_grid_is_resampled_onto_the_t1_grid(
     thick = np.asanyarray(flair.dataobj)[:, :, ::2]  # 1 x 1 x 2 mm slices, same space
     nib.save(nib.Nifti1Image(thick, flair.affine @ np.diag([1.0, 1.0, 2.0, 1.0])), paths["flair"])
 
-    assert predict(_args(checkpoint, paths["t1"].parent, tmp_path / "out")) == 0
+    assert predict(_args(checkpoint, paths["t1"].parent, tmp_path / "out", "--overlays")) == 0
     written = nib.load(tmp_path / "out" / "A.nii.gz")
     assert written.shape == SHAPE
+    assert (tmp_path / "out" / "A.png").stat().st_size > 0  # drawn on a modality of that grid
     np.testing.assert_allclose(written.affine, nib.load(paths["t1"]).affine)
 
 

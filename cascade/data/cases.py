@@ -115,3 +115,13 @@ def read_modality(case: Case, modality: str) -> np.ndarray:
     """The voxels (X, Y, Z) of one modality on its own file's grid (a 4D file's channel)."""
     image, data = read_volume(case.images[modality], case.channel_count)
     return data[..., case.channels[modality]] if case.channels is not None else data
+
+
+def overlay_background(case: Case, shape: tuple[int, ...]) -> np.ndarray:
+    """A grey image for overlays on a prediction of `shape`: the FLAIR, or when the FLAIR lies
+    on a grid of its own, the first of T2, T1ce, T1 on the prediction's grid."""
+    for modality in ("flair", "t2", "t1ce", "t1"):
+        data = read_modality(case, modality)
+        if data.shape[:3] == tuple(shape):
+            return data
+    return np.zeros(shape, dtype=np.float32)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cascade.data.cases import Case, read_modality
+from cascade.data.cases import Case, overlay_background
 from cascade.data.labels import LabelScheme
 from cascade.data.nifti import read_volume
 from cascade.inference.cascade import CascadePredictor
@@ -46,7 +46,7 @@ def evaluate_cases(
             }
         )
         if overlay_dir is not None and index < overlay_cases:
-            flair = read_modality(case, "flair")
+            flair = overlay_background(case, prediction.classes.shape)
             dice = " ".join(
                 f"{region.upper()} {cascade_metrics[f'dice_{region}']:.2f}" for region in regions
             )
