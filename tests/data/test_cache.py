@@ -246,3 +246,25 @@ def test_a_cache_of_an_earlier_version_is_rebuilt_with_one_line(
     (line,) = [record.getMessage() for record in caplog.records]
     assert "1 cache folder(s) of other settings or an earlier version" in line
     assert newer.case_ids() == ["Case_001", "Case_002"]
+
+
+def test_a_case_on_another_grid_is_cached_in_the_training_geometry(
+    tmp_path: Path, write_case
+) -> None:
+    """Resampled once, when cached: 2 mm RAS files give 1 mm LPS arrays, the label with it."""
+    paths = write_case(tmp_path / "data", case_id="Coarse", shape=(12, 12, 8))
+    for path in paths.values():
+        image = nib.load(path)
+        ras = np.diag([2.0, 2.0, 2.0, 1.0])  # RAS, 2 mm voxels
+        data = np.asanyarray(image.dataobj)[::-1, ::-1].copy()
+        nib.save(nib.Nifti1Image(data, ras), path)
+    settings = {**SETTINGS, "orientation": "LPS", "spacing": [1.0, 1.0, 1.0]}
+    store = PreprocessCache(tmp_path / "cache", settings)
+    store.build(discover_cases(tmp_path / "data"), progress=False)
+
+    meta = store.meta("Coarse")
+    assert meta.original_shape == (24, 24, 16) and meta.input_shape == (12, 12, 8)
+    assert meta.resampled and nib.aff2axcodes(np.asarray(meta.model_affine)) == ("L", "P", "S")
+    label = store.label("Coarse")
+    assert store.image("Coarse").shape[1:] == label.shape
+    assert set(np.unique(label)) <= {0, 1, 2, 3} and label.any()
