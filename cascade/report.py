@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,16 +19,23 @@ import yaml
 
 from cascade.io import write_text_atomic
 
-METRIC_KEYS = (
-    "dice_wt",
-    "dice_tc",
-    "dice_et",
-    "dice_mean",
-    "hd95_wt",
-    "hd95_tc",
-    "hd95_et",
-    "alpha",
-)
+_REGION_DICE = re.compile(r"dice_(?P<region>[a-z]+)")
+
+
+def metric_keys(metrics: dict[str, object]) -> list[str]:
+    """The headline metrics of a metrics.json: Dice of each region it has (wt, tc, et, and rc
+    for BraTS 2024), the mean Dice, HD95 of each region, alpha."""
+    regions = [
+        match["region"]
+        for key in metrics
+        if (match := _REGION_DICE.fullmatch(key)) and match["region"] != "mean"
+    ]
+    return [
+        *(f"dice_{region}" for region in regions),
+        "dice_mean",
+        *(f"hd95_{region}" for region in regions),
+        "alpha",
+    ]
 
 
 def read_jobs(sweep_dir: Path) -> list[tuple[dict[str, str], dict[str, float]]]:
@@ -50,11 +58,12 @@ def group_by_configuration(jobs) -> list[dict[str, object]]:
     groups: dict[tuple, list[dict[str, float]]] = {}
     for settings, metrics in jobs:
         groups.setdefault(tuple(settings.get(key, "") for key in varying), []).append(metrics)
+    keys = metric_keys(jobs[0][1])
     rows = []
     for values, runs in sorted(groups.items()):
         row: dict[str, object] = dict(zip(varying, values, strict=True))
         row["seeds"] = len(runs)
-        for key in METRIC_KEYS:
+        for key in keys:
             series = [run[key] for run in runs if run.get(key) is not None]
             if series:
                 row[key] = statistics.fmean(series)
@@ -64,8 +73,8 @@ def group_by_configuration(jobs) -> list[dict[str, object]]:
 
 
 def to_markdown(rows: list[dict[str, object]]) -> str:
-    settings = [key for key in rows[0] if key not in METRIC_KEYS and not key.endswith("_sd")]
-    metrics = [key for key in METRIC_KEYS if key in rows[0]]
+    metrics = [key for key in metric_keys(rows[0]) if key in rows[0]]
+    settings = [key for key in rows[0] if key not in metrics and not key.endswith("_sd")]
     lines = [
         "| " + " | ".join(settings + metrics) + " |",
         "|" + "---|" * (len(settings) + len(metrics)),

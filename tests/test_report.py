@@ -50,3 +50,15 @@ def test_ddp_child_reruns_the_parent_job_only(monkeypatch, rank: str) -> None:
     assert sys.argv[1:3] == ["+experiment=f32_d5", "seed=1"]
     assert "-m" not in sys.argv
     assert "hydra.run.dir=/runs/multirun/0" in sys.argv
+
+
+def test_the_table_follows_the_regions_of_the_runs() -> None:
+    from cascade.report import metric_keys
+
+    brats2024 = {"dice_wt": 0.9, "dice_tc": 0.8, "dice_et": 0.7, "dice_rc": 0.5, "dice_mean": 0.7,
+                 "hd95_wt": 3.0, "hd95_tc": 4.0, "hd95_et": 5.0, "hd95_rc": 6.0, "alpha": 0.4,
+                 "stage1_dice_wt": 0.8, "dice_wt_ci_low": 0.85}  # fmt: skip
+    assert metric_keys(brats2024) == [
+        "dice_wt", "dice_tc", "dice_et", "dice_rc", "dice_mean",
+        "hd95_wt", "hd95_tc", "hd95_et", "hd95_rc", "alpha",
+    ]  # fmt: skip
