@@ -24,7 +24,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
@@ -32,7 +31,8 @@ from cascade.data.cases import Case
 from cascade.data.discovery import scan_cases
 from cascade.data.errors import CaseError
 from cascade.data.labels import SCHEMES, LabelScheme
-from cascade.data.validation import resolve_scheme, with_scheme
+from cascade.data.nifti import read_volume
+from cascade.data.validation import label_counts, resolve_scheme, with_scheme
 from cascade.io import write_text_atomic
 from cascade.metrics import (
     HD95_CONVENTIONS,
@@ -52,29 +52,50 @@ class EvaluationError(ValueError):
     """A case that cannot be scored; the message is one line naming the file."""
 
 
-class RegionScorer:
-    """The brats2020 protocol: whole-volume metrics and volumes of the scheme's regions."""
+class Scorer:
+    """A protocol's per-case scores (`metrics`, `worst_case`) followed by the volumes of its
+    `regions`; subclasses set `regions`, `keys`, `id_column` and `hd95_convention`."""
 
-    id_column = "case_id"
+    regions: dict[str, tuple[int, ...]]
 
-    def __init__(self, scheme: LabelScheme, hd95_convention: str = "pooled") -> None:
-        self.regions = scheme.regions
-        self.hd95_convention = hd95_convention
-        self.keys = (*metric_keys(self.regions), *volume_keys(self.regions))
+    def metrics(
+        self, prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]
+    ) -> dict[str, float]:
+        raise NotImplementedError
+
+    def worst_case(self) -> dict[str, float]:
+        raise NotImplementedError
 
     def score(
         self, prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]
     ) -> dict[str, float]:
         return {
-            **case_metrics(prediction, truth, spacing, self.regions, self.hd95_convention),
+            **self.metrics(prediction, truth, spacing),
             **volume_comparison(prediction, truth, spacing, self.regions),
         }
 
     def missing(self, truth: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
-        return {
-            **missing_prediction_metrics(self.regions),
-            **volume_comparison(None, truth, spacing, self.regions),
-        }
+        """The scores of a case without a prediction; its predicted volumes are 0."""
+        return {**self.worst_case(), **volume_comparison(None, truth, spacing, self.regions)}
+
+
+class RegionScorer(Scorer):
+    """The brats2020 protocol: whole-volume metrics and volumes of the scheme's regions."""
+
+    id_column = "case_id"
+
+    def __init__(self, scheme: LabelScheme, hd95_convention: str = "pooled") -> None:
+        self.regions = dict(scheme.regions)
+        self.hd95_convention = hd95_convention
+        self.keys = (*metric_keys(self.regions), *volume_keys(self.regions))
+
+    def metrics(
+        self, prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]
+    ) -> dict[str, float]:
+        return case_metrics(prediction, truth, spacing, self.regions, self.hd95_convention)
+
+    def worst_case(self) -> dict[str, float]:
+        return missing_prediction_metrics(self.regions)
 
     def summary(self, rows: Sequence[dict]) -> tuple[dict, tuple[str, ...], list[dict]]:
         """(stats by column, summary CSV columns, summary CSV rows: one per metric)."""
@@ -87,28 +108,13 @@ class RegionScorer:
 
 
 def read_classes(path: Path, scheme: LabelScheme) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Label file -> (classes uint8 (X, Y, Z), voxel spacing in mm from the header)."""
-    image = nib.load(path)
-    if len(image.shape) != 3:
-        raise EvaluationError(f"{path}: expected a 3D label volume, got shape {image.shape}")
-    labels = np.asanyarray(image.dataobj)
-    if not np.issubdtype(labels.dtype, np.integer):
-        rounded = np.rint(labels)
-        if not np.array_equal(rounded, labels):
-            raise EvaluationError(f"{path}: label values are not integers")
-        labels = rounded
-    # Also catches a file in the other label convention. Counting is 5x faster than np.unique.
-    found = (
-        np.flatnonzero(np.bincount(labels.ravel()))
-        if labels.dtype == np.uint8
-        else np.unique(labels)
-    )
-    unexpected = sorted(set(found.tolist()) - set(scheme.allowed_values))
-    if unexpected:
-        raise EvaluationError(
-            f"{path}: unexpected label values {unexpected} for {scheme.name} "
-            f"(allowed {list(scheme.allowed_values)})"
-        )
+    """Label file -> (classes uint8 (X, Y, Z), voxel spacing in mm from the header), with the
+    checks of training's label files (a readable 3D NIfTI, integral values of `scheme`)."""
+    try:
+        image, labels = read_volume(path)
+        label_counts(path, labels, scheme)
+    except CaseError as error:
+        raise EvaluationError(str(error)) from None
     spacing = tuple(float(s) for s in image.header.get_zooms()[:3])
     return scheme.to_classes(labels), spacing
 
@@ -183,8 +189,8 @@ def _dataset_scheme(cases: Sequence[Case], forced: str) -> LabelScheme:
     """The labels' scheme: forced, or detected from the namings and every label's values."""
     values = {}
     for case in cases:
-        image = nib.load(case.label)
-        values[case.case_id] = np.unique(np.rint(np.asanyarray(image.dataobj))).astype(int).tolist()
+        _, labels = read_volume(case.label)
+        values[case.case_id] = tuple(label_counts(case.label, labels))
     return resolve_scheme(cases, values, forced)
 
 

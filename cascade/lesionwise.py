@@ -35,7 +35,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from cascade.data.labels import LabelScheme
-from cascade.metrics import bounding_box, summarize, volume_comparison, volume_keys
+from cascade.evaluate import Scorer
+from cascade.metrics import bounding_box, summarize, volume_keys
 
 # The official groups of single classes, by class index (see cascade.data.labels), in column order.
 CLASS_GROUP_NAMES = {3: "et", 1: "netc", 2: "snfh", 4: "rc"}
@@ -202,30 +203,24 @@ def missing_prediction_lesionwise(groups: Mapping[str, tuple[int, ...]]) -> dict
     }
 
 
-class LesionwiseScorer:
+class LesionwiseScorer(Scorer):
     """Scores cases of one scheme with the lesion-wise protocol, plus each group's volumes."""
 
     id_column = "subject_id"
     hd95_convention = "pooled"
 
     def __init__(self, scheme: LabelScheme) -> None:
-        self.groups = lesion_groups(scheme)
+        self.groups = self.regions = lesion_groups(scheme)
         self.evaluator = brats_evaluator(self.groups)
         self.keys = (*lesionwise_keys(self.groups), *volume_keys(self.groups))
 
-    def score(
+    def metrics(
         self, prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]
     ) -> dict[str, float]:
-        return {
-            **lesionwise_metrics(prediction, truth, spacing, self.groups, self.evaluator),
-            **volume_comparison(prediction, truth, spacing, self.groups),
-        }
+        return lesionwise_metrics(prediction, truth, spacing, self.groups, self.evaluator)
 
-    def missing(self, truth: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
-        return {
-            **missing_prediction_lesionwise(self.groups),
-            **volume_comparison(None, truth, spacing, self.groups),
-        }
+    def worst_case(self) -> dict[str, float]:
+        return missing_prediction_lesionwise(self.groups)
 
     def summary(self, rows: Sequence[dict]) -> tuple[dict, tuple[str, ...], list[dict]]:
         """(stats by column, summary CSV columns, summary CSV rows: the official parser's

@@ -78,7 +78,8 @@ class CaseSummary:
 
 def load_subject(case: Case) -> tio.Subject:
     """TorchIO subject: "t1", "t1ce", "t2", "flair" (3D files read lazily), "label" (classes of
-    the case's scheme, (1, X, Y, Z) uint8, only if labelled) and "case_id"."""
+    the case's scheme, (1, X, Y, Z) uint8, only if labelled, with "label_values", the distinct
+    file values it holds) and "case_id"."""
     # Imported here so that `python -m cascade.check` does not pay for torch at start-up.
     import torch
     import torchio as tio
@@ -101,14 +102,15 @@ def load_subject(case: Case) -> tio.Subject:
             )
             for modality in MODALITIES
         }
+    values: dict[str, object] = {}
     if case.label is not None:
         image, data = read_volume(case.label)
-        label_counts(case.label, data, case.scheme)
-        classes = case.scheme.to_classes(np.rint(data) if data.dtype.kind == "f" else data)
+        values["label_values"] = tuple(label_counts(case.label, data, case.scheme))
+        classes = case.scheme.to_classes(data)
         subject_images[LABEL] = tio.LabelMap(
             tensor=torch.from_numpy(classes[np.newaxis]), affine=image.affine
         )
-    return tio.Subject(case_id=case.case_id, **subject_images)
+    return tio.Subject(case_id=case.case_id, **values, **subject_images)
 
 
 def read_modality(case: Case, modality: str) -> np.ndarray:

@@ -49,8 +49,11 @@ class LabelScheme:
         return tuple(self.regions)
 
     def to_classes(self, labels: np.ndarray) -> np.ndarray:
-        """File labels -> classes (uint8). Values must already be valid (see invalid_values)."""
+        """File labels -> classes (uint8). Values must already be valid (see invalid_values);
+        labels stored as floats (some releases do) are rounded to their integral values."""
         labels = np.asarray(labels)
+        if labels.dtype.kind == "f":
+            labels = np.rint(labels)
         lookup = np.zeros(max(self.file_values) + 1, dtype=np.uint8)
         for label_class, value in enumerate(self.file_values):
             lookup[value] = label_class
@@ -153,23 +156,21 @@ def writing_scheme(case_scheme: LabelScheme, model_scheme: LabelScheme) -> Label
     return case_scheme
 
 
-def class_weights(scheme: LabelScheme, weights: Mapping[str, float]) -> list[float]:
-    """Per-class loss weights of `scheme` from weights by class name (1.0 where not named)."""
+def _check_class_names(what: str, weights: Mapping[str, float]) -> None:
     unknown = set(weights) - set(CLASS_NAMES)
     if unknown:
-        raise ValueError(
-            f"class weights name unknown classes {sorted(unknown)}; known {CLASS_NAMES}"
-        )
+        raise ValueError(f"{what} name unknown classes {sorted(unknown)}; known {CLASS_NAMES}")
+
+
+def class_weights(scheme: LabelScheme, weights: Mapping[str, float]) -> list[float]:
+    """Per-class loss weights of `scheme` from weights by class name (1.0 where not named)."""
+    _check_class_names("class weights", weights)
     return [float(weights.get(name, 1.0)) for name in scheme.class_names]
 
 
 def class_probabilities(scheme: LabelScheme, weights: Mapping[str, float]) -> dict[int, float]:
     """Patch-centre class weights of `scheme` by class index, from weights by class name."""
-    unknown = set(weights) - set(CLASS_NAMES)
-    if unknown:
-        raise ValueError(
-            f"label probabilities name unknown classes {sorted(unknown)}; known {CLASS_NAMES}"
-        )
+    _check_class_names("label probabilities", weights)
     return {
         index: float(weights[name])
         for index, name in enumerate(scheme.class_names)

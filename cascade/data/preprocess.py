@@ -147,10 +147,7 @@ def preprocess_case(
     # nibabel's affine of the file predictions are written beside, exactly as stored
     input_grid = Grid(grids[reference].shape, _hashable(header_image.affine.tolist()))
     header = header_image.header
-    label_values: tuple[int, ...] = ()
-    if LABEL in subject:
-        classes = np.unique(subject[LABEL].data.numpy())
-        label_values = tuple(int(v) for v in case.scheme.from_classes(classes).tolist())
+    label_values: tuple[int, ...] = subject.get("label_values", ())
 
     if preprocessor.geometry is not None:
         subject = to_training_geometry(subject, preprocessor.geometry)

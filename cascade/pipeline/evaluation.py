@@ -31,7 +31,7 @@ def evaluate_cases(
     for index, case in enumerate(tqdm(cases, desc="evaluate", unit="case")):
         prediction = predictor.predict(case)
         truth_image, labels = read_volume(case.label)
-        truth = case.scheme.to_classes(np.rint(labels) if labels.dtype.kind == "f" else labels)
+        truth = case.scheme.to_classes(labels)
         spacing = truth_image.header.get_zooms()[:3]
         regions = case.scheme.regions
         cascade_metrics = case_metrics(prediction.classes, truth, spacing, regions)
