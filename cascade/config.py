@@ -33,14 +33,22 @@ def _label_classes(labels: str) -> int:
     return get_scheme(labels).num_classes
 
 
+def _modality_count() -> int:
+    from cascade.data.cases import MODALITIES
+
+    return len(MODALITIES)
+
+
 def register_resolvers() -> None:
     """What composing conf/ needs: the schema of train.yaml (``cascade.schema``) and the
-    resolvers of derived sizes, ``${mul:a,b}``, ``${add:a,b}`` (Stage 1's input channels,
-    4 x slab depth; Stage 2's, 4 + classes) and ``${label_classes:scheme}``."""
+    resolvers of derived sizes, ``${mul:a,b}``, ``${add:a,b}``, ``${modality_count:}`` (Stage 1's
+    input channels, modalities x slab depth; Stage 2's, modalities + classes) and
+    ``${label_classes:scheme}``."""
     register_schemas()
     resolvers = {
         "mul": lambda a, b: int(a) * int(b),
         "add": lambda a, b: int(a) + int(b),
+        "modality_count": _modality_count,
         "label_classes": _label_classes,
     }
     for name, resolver in resolvers.items():
@@ -75,12 +83,11 @@ def pin_ddp_child_to_parent_job() -> None:
 
 
 def experiment_without_plus(overrides: list[str]) -> list[str]:
-    """``experiment=NAME`` as ``+experiment=NAME``.
+    """``+experiment=NAME`` as ``experiment=NAME``: train.yaml's defaults hold an
+    ``experiment: null`` slot, which Hydra would refuse to append to ("Could not append"), and
+    ``+experiment=NAME`` is the form many Hydra projects document."""
+    return [item[1:] if item.startswith("+experiment=") else item for item in overrides]
 
-    train.yaml keeps no ``experiment: null`` slot in its defaults: Hydra would then refuse
-    ``+experiment=NAME`` ("Multiple values for experiment"), the form compose() callers use.
-    """
-    return [f"+{item}" if item.startswith("experiment=") else item for item in overrides]
 
 
 def composition_error_line(error: Exception) -> str:

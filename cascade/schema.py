@@ -40,6 +40,9 @@ class SyntheticConfig:
     cases: int = MISSING
     shape: list[int] = MISSING
     seed: int = MISSING
+    # phantom: the fast ellipsoid brains of the tests; realistic: MNI152 anatomy (data=realistic)
+    generator: str = "phantom"
+    workers: int = 1  # cases generated in parallel processes
 
 
 @dataclass
@@ -59,6 +62,7 @@ class SplitConfig:
 
 @dataclass
 class Stage1DataConfig:
+    _target_: str = MISSING
     slab_depth: int = MISSING
     views: list[str] = MISSING
     slab_size: list[int] = MISSING
@@ -84,6 +88,7 @@ class PerturbationConfig:
 
 @dataclass
 class Stage2DataConfig:
+    _target_: str = MISSING
     patch_size: list[int] = MISSING
     label_probabilities: dict[str, float] = MISSING
     patches_per_epoch: int = MISSING
@@ -93,6 +98,7 @@ class Stage2DataConfig:
     intensity_scale: float = MISSING
     intensity_shift: float = MISSING
     perturbation: PerturbationConfig | None = MISSING  # null: off
+    seed: int = MISSING
 
 
 @dataclass
@@ -152,10 +158,24 @@ class InferenceConfig:
 
 
 @dataclass
+class LightningConfig:
+    # partials of the LightningModules, open: their keys are checked against the classes
+    stage1: dict[str, Any] = MISSING
+    stage2: dict[str, Any] = MISSING
+
+
+@dataclass
+class FitConfig:
+    stage: str | None = MISSING
+    dir: str | None = MISSING
+
+
+@dataclass
 class ModelConfig:
     stage1: UNetConfig = field(default_factory=UNetConfig)
     stage2: UNetConfig = field(default_factory=UNetConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    lightning: LightningConfig = field(default_factory=LightningConfig)
     compile: bool = MISSING
     alpha_lr: float | None = MISSING
     loss: LossConfig = field(default_factory=LossConfig)
@@ -171,10 +191,13 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: dict[str, Any] = MISSING  # lightning.Trainer arguments, per stage under stage1/2
     logger: dict[str, Any] | None = None  # logger=none: no experiment logger
+    callbacks: dict[str, Any] = MISSING  # name -> a Lightning callback's _target_ node (or null)
     stage: Any = MISSING  # 1, 2 or all
     stage1_checkpoint: str | None = MISSING
     seed: int = MISSING
+    optimized_metric: str = MISSING
     cache_dir: str = MISSING
+    fit: FitConfig = field(default_factory=FitConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
@@ -274,6 +297,18 @@ def by_class_name(weights: dict[str, float]) -> str | None:
     return None
 
 
+def metric_key(name: str) -> str | None:
+    """A per-region mean of metrics.json: [stage1_](dice|hd95)_(REGION|mean), or alpha."""
+    regions = sorted({region for scheme in SCHEMES.values() for region in scheme.region_names})
+    keys = ["alpha"] + [
+        f"{prefix}{metric}_{region}"
+        for prefix in ("", "stage1_")
+        for metric in ("dice", "hd95")
+        for region in (*regions, "mean")
+    ]
+    return None if name in keys else f"is not a metric of metrics.json{did_you_mean(name, keys)}"
+
+
 def net_option(kind: str) -> Rule:
     """One of cascade.nn.blocks' NORMS or ACTIVATIONS (imported on use: it needs torch)."""
 
@@ -285,8 +320,11 @@ def net_option(kind: str) -> Rule:
 
 RULES: dict[str, Rule] = {
     "stage": one_of(1, 2, "all"),
+    "optimized_metric": metric_key,
     "synthetic.cases": at_least(1),
     "synthetic.shape": sizes(3),
+    "synthetic.generator": one_of("phantom", "realistic"),
+    "synthetic.workers": at_least(1),
     "data.labels": one_of("auto", *SCHEMES),
     "data.split.val_count": optional(at_least(1)),
     "data.split.val_fraction": between(0, 1, open_low=True, open_high=True),
@@ -517,7 +555,9 @@ def _target_problem(cfg: DictConfig) -> str | None:
                 node._target_, known
             )
         if OmegaConf.get_type(node) is dict:
-            problem = _argument_problem(key, node, target, allowed=_INSTANTIATE_KEYS)
+            # the trainer's per-stage nodes are checked by _trainer_problem
+            stages = _TRAINER_STAGES if key == "trainer" else ()
+            problem = _argument_problem(key, node, target, allowed=(*_INSTANTIATE_KEYS, *stages))
             if problem:
                 return problem
     return None
@@ -545,7 +585,7 @@ def _trainer_problem(trainer: DictConfig) -> str | None:
         if not isinstance(trainer.get(stage), DictConfig):
             return f"trainer.{stage} is not set (the Trainer arguments of that stage)"
     for key, node, allowed in (
-        ("trainer", trainer, _TRAINER_STAGES),
+        ("trainer", trainer, (*_TRAINER_STAGES, "_target_")),
         *((f"trainer.{stage}", trainer[stage], ()) for stage in _TRAINER_STAGES),
     ):
         problem = _argument_problem(key, node, Trainer, allowed)

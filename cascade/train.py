@@ -45,8 +45,8 @@ def _train(cfg: DictConfig) -> float | None:
         # problems of the data, or a stage that cannot run as asked: a message, not a traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    # returned for Hydra sweepers that optimise a value
-    return None if metrics is None else metrics.get("dice_mean")
+    # returned for Hydra sweepers that optimise a value (check_config knows it is a metric key)
+    return None if metrics is None else metrics[cfg.optimized_metric]
 
 
 def _config_error(message: str) -> None:

@@ -127,6 +127,19 @@ def test_a_mistake_in_an_experiment_file_is_named(searchpath, experiment, messag
             "unknown key model.optimizer.momentun (did you mean model.optimizer.momentum?)",
         ),
         ("+experiment=smok", "experiment has no option smok (did you mean smoke?)"),
+        (
+            "callbacks=early_stop",
+            "callbacks has no option early_stop (did you mean early_stopping?)",
+        ),
+        (
+            "+callbacks.model_checkpoint.monitr=x",
+            "unknown key callbacks.model_checkpoint.monitr (did you mean "
+            "callbacks.model_checkpoint.monitor?)",
+        ),
+        (
+            "optimized_metric=dice_wtt",
+            "optimized_metric=dice_wtt is not a metric of metrics.json (did you mean dice_wt?)",
+        ),
         ("data=brats", "data.root is not set (give data.root=...)"),
         (
             "data.stage1.batch_size=many",
@@ -197,12 +210,19 @@ def test_a_mistyped_interpolation_is_named(tmp_path) -> None:
     )
 
 
-def test_experiment_without_plus_means_the_same() -> None:
+def test_experiment_with_or_without_plus_composes_the_same_config() -> None:
     assert experiment_without_plus(["experiment=smoke", "+experiment=smoke", "seed=1"]) == [
-        "+experiment=smoke",
-        "+experiment=smoke",
+        "experiment=smoke",
+        "experiment=smoke",
         "seed=1",
     ]
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        plain = compose("train", overrides=["experiment=smoke"])
+        plus = compose("train", overrides=experiment_without_plus(["+experiment=smoke"]))
+        default = compose("train")
+    assert plain == plus
+    assert plain.model.stage1.filters == 8 and default.model.stage1.filters == 32
 
 
 def train(*overrides: str, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:

@@ -21,7 +21,7 @@ from cascade.config import CONFIG_DIR, register_resolvers
 
 # Small enough for the CPU in seconds; real code paths (NIfTI in, NIfTI out) throughout.
 TINY = [
-    "+experiment=smoke",
+    "experiment=smoke",
     "logger=csv",
     "synthetic.cases=4",
     "data.split.val_count=1",

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from cascade.config import CONFIG_DIR, register_resolvers
+from cascade.config import CONFIG_DIR, experiment_without_plus, register_resolvers
 
 GIB = 2**30
 MIB = 2**20
@@ -33,7 +33,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     # cache_dir interpolates hydra:runtime.cwd, which only exists inside a Hydra run
     overrides = [*overrides, f"cache_dir={os.getcwd()}/.cache"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return hydra_compose("train", overrides=list(overrides))
+        return hydra_compose("train", overrides=experiment_without_plus(list(overrides)))
 
 
 def synchronize(device: torch.device) -> None:

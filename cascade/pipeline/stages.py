@@ -29,13 +29,9 @@ from torch import nn
 
 from cascade.data.cache import PreprocessCache, settings_hash
 from cascade.data.labels import LabelScheme, class_probabilities, class_weights
-from cascade.data.stage1 import Stage1DataModule
-from cascade.data.stage2 import Stage2DataModule
 from cascade.inference.multiview import slab_batch_size, write_priors
 from cascade.io import atomic_path
 from cascade.lit.callbacks import AlphaHistory
-from cascade.lit.stage1 import Stage1Module
-from cascade.lit.stage2 import Stage2Module
 from cascade.pipeline.ranks import is_global_zero
 
 log = logging.getLogger(__name__)
@@ -44,6 +40,7 @@ TRAINER_STAGE_KEYS = ("stage1", "stage2")
 # Settings that change speed or logging, never the weights: left out of the stage hashes.
 _NOT_SHAPING_LOADER = ("num_workers",)
 _NOT_SHAPING_TRAINER = ("log_every_n_steps", "benchmark", "enable_progress_bar")
+_NOT_SHAPING_STAGE2_MODULE = ("window_batch_size", "compile")
 
 
 class StageError(RuntimeError):
@@ -66,44 +63,53 @@ def trainer_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
     return {**shared, **_plain(cfg.trainer[stage])}
 
 
+def build(node: Any, **runtime: Any) -> Any:
+    """Instantiate a ``_target_`` node of conf/ with what only the run knows (the cache, the
+    case lists, nets built from the label scheme); lists and dicts arrive as plain Python."""
+    # a runtime value replaces the configured one (instantiate would merge two dicts)
+    node = {key: value for key, value in _plain(node).items() if key not in runtime}
+    return instantiate(node, _convert_="all", **runtime)
+
+
 def build_trainer(
     cfg: DictConfig,
     stage: str,
     folder: Path,
     logger: Logger | None,
-    callbacks: list[L.Callback],
+    callbacks: Sequence[L.Callback],
     use_distributed_sampler: bool,
-) -> tuple[L.Trainer, ModelCheckpoint]:
-    checkpoint = ModelCheckpoint(
-        dirpath=folder / "checkpoints",
-        filename="best",
-        monitor=f"{stage}/val_dice_mean",
-        mode="max",
-        save_last=True,
-    )
-    trainer = L.Trainer(
-        **trainer_settings(cfg, stage),
+) -> L.Trainer:
+    """The stage's Trainer from ``trainer`` with the callbacks of ``callbacks``, which see this
+    fit as ``${fit.stage}`` and ``${fit.dir}``, plus the pipeline's own `callbacks`."""
+    cfg.fit.stage, cfg.fit.dir = stage, str(folder)
+    configured = [build(node) for node in cfg.callbacks.values() if node is not None]
+    return build(
+        trainer_settings(cfg, stage),
         default_root_dir=folder,
         logger=logger if logger is not None else False,
-        callbacks=[checkpoint, *callbacks],
+        callbacks=[*configured, *callbacks],
         use_distributed_sampler=use_distributed_sampler,
     )
-    return trainer, checkpoint
 
 
-def _fit(trainer: L.Trainer, module: L.LightningModule, datamodule, folder: Path) -> None:
-    """Fit, resuming from the stage's last.ckpt when an earlier fit was interrupted."""
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(folder))
+def _fit(trainer: L.Trainer, module: L.LightningModule, datamodule) -> None:
+    """Fit, resuming from the checkpoint callback's last.ckpt when an earlier fit was
+    interrupted, then load the best validation checkpoint's weights into `module`."""
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(trainer.checkpoint_callback))
+    _best_state(module, trainer.checkpoint_callback)
 
 
-def _resume_path(folder: Path) -> str | None:
-    last = folder / "checkpoints" / "last.ckpt"
+def _resume_path(checkpoint: ModelCheckpoint | None) -> str | None:
+    if checkpoint is None or checkpoint.dirpath is None:
+        return None
+    last = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}.ckpt"
     return str(last) if last.exists() else None
 
 
-def _best_state(module: L.LightningModule, checkpoint: ModelCheckpoint) -> None:
-    """Load the best validation checkpoint's weights into ``module`` (our own file: full load)."""
-    if checkpoint.best_model_path:
+def _best_state(module: L.LightningModule, checkpoint: ModelCheckpoint | None) -> None:
+    """The best checkpoint's weights (our own file: full load); without a checkpoint callback,
+    or one that monitors nothing, the last epoch's weights stay."""
+    if checkpoint is not None and checkpoint.best_model_path:
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
         module.load_state_dict(state["state_dict"])
 
@@ -122,14 +128,20 @@ def _shaping(node: Any, left_out: Sequence[str]) -> dict[str, Any]:
     return {key: value for key, value in _plain(node).items() if key not in left_out}
 
 
+def _callbacks_shaping(cfg: DictConfig) -> Any:
+    # as written, ${fit.*} unresolved: a callback (early stopping, the monitored metric) can
+    # change which weights a fit ends with
+    return OmegaConf.to_container(cfg.callbacks, resolve=False)
+
+
 def stage1_folder(
     cfg: DictConfig, train_ids: list[str], val_ids: list[str], data_identity: str
 ) -> Path:
     return stage_folder(
         cfg, "stage1", cfg.preprocessing, _shaping(cfg.data.stage1, _NOT_SHAPING_LOADER),
-        cfg.model.stage1, cfg.model.loss, cfg.model.optimizer, cfg.model.scheduler,
-        _shaping(trainer_settings(cfg, "stage1"), _NOT_SHAPING_TRAINER), cfg.seed,
-        train_ids, val_ids, data_identity,
+        cfg.model.stage1, cfg.model.loss, cfg.model.lightning.stage1,
+        _shaping(trainer_settings(cfg, "stage1"), _NOT_SHAPING_TRAINER), _callbacks_shaping(cfg),
+        cfg.seed, train_ids, val_ids, data_identity,
     )  # fmt: skip
 
 
@@ -140,15 +152,14 @@ def stage2_folder(
     val_ids: list[str],
     data_identity: str,
 ) -> Path:
-    # validation as the predictor runs it: these shape the Dice that picks the best checkpoint
-    inference = cfg.model.inference
-    validation = {"overlap": inference.overlap, "roi_margin": inference.roi_margin}
+    # the module's validation windows (overlap, margin) shape the Dice that picks the best
+    # checkpoint; its batch size and compilation change only speed
     return stage_folder(
         cfg, "stage2", prior_tag, cfg.preprocessing,
         _shaping(cfg.data.stage2, _NOT_SHAPING_LOADER), cfg.model.stage2, cfg.model.mix,
-        cfg.model.alpha_lr, cfg.model.loss, cfg.model.optimizer, cfg.model.scheduler, validation,
-        _shaping(trainer_settings(cfg, "stage2"), _NOT_SHAPING_TRAINER), cfg.seed,
-        train_ids, val_ids, data_identity,
+        cfg.model.loss, _shaping(cfg.model.lightning.stage2, _NOT_SHAPING_STAGE2_MODULE),
+        _shaping(trainer_settings(cfg, "stage2"), _NOT_SHAPING_TRAINER), _callbacks_shaping(cfg),
+        cfg.seed, train_ids, val_ids, data_identity,
     )  # fmt: skip
 
 
@@ -228,23 +239,16 @@ def fit_stage1(
 
 def _fit_stage1(cfg, scheme, cache, train_ids, val_ids, logger, extra_callbacks, net, folder):
     weights = folder / "stage1.pt"
-    stage1 = cfg.data.stage1
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
-    module = Stage1Module(
+    module = build(cfg.model.lightning.stage1)(
         net=net,
-        regions=dict(scheme.regions),
-        views=list(stage1.views),
-        slab_depth=stage1.slab_depth,
-        plane_size=list(stage1.slab_size),
-        slab_batch_size=slab_batch_size(cfg.model.inference, device),
         loss=build_loss(cfg, scheme),
-        optimizer=instantiate(cfg.model.optimizer),
-        scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
+        regions=dict(scheme.regions),
+        slab_batch_size=slab_batch_size(cfg.model.inference, device),
     )
-    datamodule = Stage1DataModule(cache, train_ids, val_ids, **_plain(cfg.data.stage1))
-    trainer, checkpoint = build_trainer(cfg, "stage1", folder, logger, [*extra_callbacks], True)
-    _fit(trainer, module, datamodule, folder)
-    _best_state(module, checkpoint)
+    datamodule = build(cfg.data.stage1, store=cache, train_ids=train_ids, val_ids=val_ids)
+    trainer = build_trainer(cfg, "stage1", folder, logger, extra_callbacks, True)
+    _fit(trainer, module, datamodule)
     if trainer.is_global_zero:
         _save_weights(weights, {"net": module.net})
     trainer.strategy.barrier("stage1 weights")
@@ -318,34 +322,23 @@ def _fit_stage2(
     cfg, scheme, cache, train_ids, val_ids, prior_tag, logger, extra_callbacks, net, mix, folder
 ):
     weights = folder / "stage2.pt"
-    module = Stage2Module(
-        net=net,
-        mix=mix,
-        regions=dict(scheme.regions),
-        loss=build_loss(cfg, scheme),
-        optimizer=instantiate(cfg.model.optimizer),
-        scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
-        patch_size=list(cfg.data.stage2.patch_size),
-        overlap=cfg.model.inference.overlap,
-        window_batch_size=cfg.model.inference.window_batch_size,
-        roi_margin=cfg.model.inference.roi_margin,
-        alpha_lr=cfg.model.alpha_lr,
-        compile=cfg.model.compile,
+    module = build(cfg.model.lightning.stage2)(
+        net=net, mix=mix, loss=build_loss(cfg, scheme), regions=dict(scheme.regions)
     )
-    loading = _plain(cfg.data.stage2)
-    perturbation = loading.pop("perturbation", None)  # null switches it off
-    perturbation = instantiate(perturbation) if perturbation else None
-    loading["label_probabilities"] = class_probabilities(scheme, loading["label_probabilities"])
-    datamodule = Stage2DataModule(
-        cache, train_ids, val_ids, prior_tag, **loading, perturbation=perturbation, seed=cfg.seed
+    datamodule = build(
+        cfg.data.stage2,
+        store=cache,
+        train_ids=train_ids,
+        val_ids=val_ids,
+        prior_tag=prior_tag,
+        label_probabilities=class_probabilities(
+            scheme, _plain(cfg.data.stage2.label_probabilities)
+        ),
     )
     alpha = AlphaHistory()
     # the patch loader shards the epoch per rank itself (a DistributedSampler of its own)
-    trainer, checkpoint = build_trainer(
-        cfg, "stage2", folder, logger, [alpha, *extra_callbacks], False
-    )
-    _fit(trainer, module, datamodule, folder)
-    _best_state(module, checkpoint)
+    trainer = build_trainer(cfg, "stage2", folder, logger, [alpha, *extra_callbacks], False)
+    _fit(trainer, module, datamodule)
     if trainer.is_global_zero:
         _save_weights(weights, {"net": module.net, "mix": module.mix})
     trainer.strategy.barrier("stage2 weights")

@@ -1,0 +1,77 @@
+"""The fits are composed from conf/: Trainer, callbacks, DataModules and LightningModules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from cascade.config import CONFIG_DIR, register_resolvers
+from cascade.pipeline.stages import build, build_trainer, stage1_folder
+
+
+def _config(*overrides: str):
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=["experiment=smoke", "cache_dir=/tmp/unused", "logger=none", *overrides],
+        )
+
+
+def _callbacks_of(trainer, kind):
+    return [callback for callback in trainer.callbacks if isinstance(callback, kind)]
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_the_default_callbacks_checkpoint_each_stage_in_its_folder(stage, tmp_path) -> None:
+    trainer = build_trainer(_config(), stage, tmp_path / stage, None, [], True)
+    (checkpoint,) = _callbacks_of(trainer, ModelCheckpoint)
+    assert checkpoint is trainer.checkpoint_callback
+    assert Path(checkpoint.dirpath) == tmp_path / stage / "checkpoints"
+    assert checkpoint.monitor == f"{stage}/val_dice_mean" and checkpoint.save_last
+    assert not _callbacks_of(trainer, EarlyStopping)
+    # the per-stage Trainer settings of conf/trainer reach the Trainer
+    assert trainer.max_epochs == {"stage1": 2, "stage2": 6}[stage]
+
+
+def test_early_stopping_is_one_config_choice(tmp_path) -> None:
+    cfg = _config("callbacks=early_stopping", "callbacks.early_stopping.patience=1")
+    trainer = build_trainer(cfg, "stage2", tmp_path, None, [], False)
+    (stopping,) = _callbacks_of(trainer, EarlyStopping)
+    assert stopping.monitor == "stage2/val_dice_mean" and stopping.patience == 1
+    assert len(_callbacks_of(trainer, ModelCheckpoint)) == 1
+
+
+def test_a_callback_added_on_the_command_line_is_built(tmp_path) -> None:
+    cfg = _config(
+        "+callbacks.lr_monitor={_target_: lightning.pytorch.callbacks.LearningRateMonitor}"
+    )
+    trainer = build_trainer(cfg, "stage1", tmp_path, None, [], True)
+    assert any(type(c).__name__ == "LearningRateMonitor" for c in trainer.callbacks)
+
+
+def test_a_callback_switched_off_leaves_lightning_default_checkpointing(tmp_path) -> None:
+    trainer = build_trainer(
+        _config("callbacks.model_checkpoint=null"), "stage1", tmp_path, None, [], True
+    )
+    # Lightning's own checkpoint callback, which monitors nothing: the last weights are kept
+    assert trainer.checkpoint_callback.monitor is None
+
+
+def test_callbacks_shape_the_stage_folder_and_loader_workers_do_not() -> None:
+    ids = (["a", "b"], ["c"], "identity")
+    base = stage1_folder(_config(), *ids)
+    assert stage1_folder(_config("callbacks=early_stopping"), *ids) != base
+    assert stage1_folder(_config("data.stage1.num_workers=0"), *ids) == base
+
+
+def test_the_lightning_modules_are_partials_completed_by_the_pipeline() -> None:
+    cfg = _config()
+    stage1 = build(cfg.model.lightning.stage1)
+    assert stage1.keywords["views"] == ["axial", "sagittal", "coronal"]
+    assert stage1.keywords["plane_size"] == list(cfg.data.stage1.slab_size)
+    # the optimizer arrives as a partial taking the parameters
+    assert stage1.keywords["optimizer"].keywords["lr"] == cfg.model.optimizer.lr
