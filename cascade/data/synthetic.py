@@ -489,43 +489,69 @@ def _save_atomic(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
+GENERATORS = ("phantom", "realistic")
+
+
 def write_dataset(
     out: Path | str,
     cases: int,
     shape: Sequence[int] = BRATS_SHAPE,
     seed: int = 0,
     progress: bool = True,
+    generator: str = "phantom",
+    workers: int = 1,
 ) -> list[Path]:
     """Write `cases` cases as <out>/Synth_<nnn>/Synth_<nnn>_{t1,t1ce,t2,flair,seg}.nii.gz.
 
+    generator: "phantom" (this module's ellipsoid brains) or "realistic" (MNI152 anatomy,
+    `cascade.data.realistic`); `workers` processes generate cases in parallel.
     Cases whose five files all exist are kept as they are. Returns the case folders in order.
     Each file is renamed into place when complete, and a lock beside `out` makes runs that
     generate the same dataset at once wait for each other, so none reads a half-written case.
     """
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown generator {generator!r}: choose one of {', '.join(GENERATORS)}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(out.parent / f".{out.name}.lock"):
-        return _write_cases(out, cases, shape, seed, progress)
+        folders = [out / case_id(index) for index in range(cases)]
+        missing = [
+            index
+            for index, folder in enumerate(folders)
+            if not all(path.is_file() for path in _case_files(folder, folder.name).values())
+        ]
+        jobs = [(out, index, tuple(shape), seed, generator) for index in missing]
+        bar = tqdm(total=len(jobs), desc="synthetic cases", unit="case", disable=not progress)
+        if workers > 1 and len(jobs) > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+                for _ in pool.map(_write_case, jobs):
+                    bar.update()
+        else:
+            for job in jobs:
+                _write_case(job)
+                bar.update()
+        bar.close()
+        return folders
 
 
-def _write_cases(
-    out: Path, cases: int, shape: Sequence[int], seed: int, progress: bool
-) -> list[Path]:
+def _write_case(job: tuple[Path, int, tuple[int, ...], int, str]) -> None:
+    """Generate and write case `index` (a top-level function: it runs in worker processes)."""
+    out, index, shape, seed, generator = job
+    name = case_id(index)
+    folder = out / name
+    files = _case_files(folder, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    if generator == "realistic":
+        from cascade.data.realistic import generate_case as generate  # imports nilearn
+    else:
+        generate = generate_case
+    images, label = generate(shape, case_seed(seed, index))
     affine = lps_affine(shape)
-    folders = []
-    for index in tqdm(range(cases), desc="synthetic cases", unit="case", disable=not progress):
-        name = case_id(index)
-        folder = out / name
-        files = _case_files(folder, name)
-        folders.append(folder)
-        if all(path.is_file() for path in files.values()):
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        images, label = generate_case(shape, case_seed(seed, index))
-        for modality, image in images.items():
-            _save_atomic(image, affine, files[modality])
-        _save_atomic(label, affine, files["seg"])
-    return folders
+    for modality, image in images.items():
+        _save_atomic(image, affine, files[modality])
+    _save_atomic(label, affine, files["seg"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -539,12 +565,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--shape", type=int, nargs=3, default=list(BRATS_SHAPE), metavar=("X", "Y", "Z")
     )
     parser.add_argument("--seed", type=int, default=0, help="base seed; case i uses its own")
+    parser.add_argument("--generator", choices=GENERATORS, default="phantom")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     args = parser.parse_args(argv)
     if args.cases < 1:
         parser.error("--cases must be at least 1")
     if min(args.shape) < MIN_SIZE:
         parser.error(f"--shape sizes must be at least {MIN_SIZE}")
-    folders = write_dataset(args.out, args.cases, args.shape, args.seed)
+    folders = write_dataset(
+        args.out, args.cases, args.shape, args.seed, generator=args.generator, workers=args.workers
+    )
     print(f"{len(folders)} synthetic cases in {args.out}")
     return 0
 

@@ -38,7 +38,14 @@ def prepare_cases(data: DictConfig, synthetic: DictConfig | None = None) -> list
     if data.get("generate"):
         if synthetic is None:
             raise DataError("data.generate is set, but there are no synthetic settings")
-        write_dataset(root, synthetic.cases, tuple(synthetic.shape), synthetic.seed)
+        write_dataset(
+            root,
+            synthetic.cases,
+            tuple(synthetic.shape),
+            synthetic.seed,
+            generator=synthetic.generator,
+            workers=synthetic.workers,
+        )
     cases, problems = scan_cases(root)
     if problems:
         raise DataError(

@@ -1,0 +1,199 @@
+"""MRI sequences of generated cases: tissue fractions to T1, T1ce, T2 and FLAIR intensities.
+
+Each voxel mixes the means of the tissues it holds (partial volume from the probability maps).
+The means are drawn per case and sequence, relative to white matter, from ranges that keep the
+orderings of real scans (T1: WM > GM > CSF; T2: CSF > GM > WM; FLAIR: dark CSF, bright edema;
+T1ce: an enhancing rim, vessels and dura brighter than white matter): domain randomisation in the
+manner of SynthSeg, bounded so the contrasts stay MRI-like. Then a bias field, a blur that may be
+thicker across slices (many BraTS scans were acquired in thick slices), and Rician noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from cascade.data.anatomy import Anatomy
+from cascade.data.cases import MODALITIES
+from cascade.data.synthetic import smooth_noise
+
+# Mean intensity ranges relative to white matter (= 1).
+# csf, gm, edema, necrosis, enhancing, non-enhancing core, vessels and dura
+_TISSUES = ("csf", "gm", "edema", "necrosis", "enhancing", "non_enhancing", "vessel")
+_RANGES: dict[str, tuple[tuple[float, float], ...]] = {
+    "t1": (
+        (0.30, 0.50),
+        (0.70, 0.85),
+        (0.68, 0.85),
+        (0.35, 0.60),
+        (0.65, 0.85),
+        (0.55, 0.75),
+        (0.85, 1.05),
+    ),
+    "t1ce": (
+        (0.35, 0.65),
+        (0.80, 0.97),
+        (0.70, 0.90),
+        (0.35, 0.60),
+        (1.35, 2.00),
+        (0.60, 0.80),
+        (1.25, 1.90),
+    ),
+    "t2": (
+        (1.90, 3.50),
+        (1.15, 1.50),
+        (1.60, 2.40),
+        (2.00, 3.20),
+        (1.40, 2.00),
+        (1.70, 2.40),
+        (0.50, 0.90),
+    ),
+    "flair": (
+        (0.25, 0.55),
+        (1.00, 1.15),
+        (1.50, 2.20),
+        (0.80, 1.70),
+        (1.30, 1.90),
+        (1.40, 2.00),
+        (0.80, 1.20),
+    ),
+}
+_WHITE_MATTER = {"t1": (300, 800), "t1ce": (300, 900), "t2": (150, 500), "flair": (150, 500)}
+
+
+def draw_means(rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    """Per sequence, each tissue's mean intensity relative to white matter."""
+    return {
+        modality: {t: float(rng.uniform(*r)) for t, r in zip(_TISSUES, ranges, strict=True)}
+        for modality, ranges in _RANGES.items()
+    }
+
+
+def render_sequences(
+    anatomy: Anatomy, label: np.ndarray, to_brats: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """modality -> int16 (X, Y, Z), 0 outside the brain; `label` in BraTS 2020 values."""
+    inside = anatomy.brain >= 0.5
+    box = ndimage.find_objects(inside.astype(np.uint8))[0]
+    mm = float(to_brats.mean())
+
+    def field(cell_mm: float) -> np.ndarray:
+        return smooth_noise(rng, inside[box].shape, cell_mm / mm)
+
+    texture = 1.0 + 0.03 * field(3.0)
+    tumor_texture = field(4.0)
+    # Tumor parts are computed around the tumor only, then placed into the brain's box.
+    near = _around(label[box] > 0, margin=4)
+    fractions = {
+        name: _embed(part, near, inside[box].shape)
+        for name, part in _tumor_fractions(label[box][near], to_brats).items()
+    }
+    edema_strength = _embed(
+        _edema_strength(label[box][near], to_brats, field(10.0)[near], rng), near, texture.shape
+    )
+    vessels = _vessels(anatomy, box, field, mm)
+    means = draw_means(rng)
+
+    gm, wm, csf = anatomy.gm[box], anatomy.wm[box], anatomy.csf[box]
+    images = {}
+    for modality in MODALITIES:
+        mean = means[modality]
+        healthy = wm + gm * mean["gm"] + csf * mean["csf"]
+        healthy *= texture
+        healthy += vessels * (mean["vessel"] - healthy)
+        tumor_free = 1.0 - fractions["edema"] - fractions["core"]
+        edema = healthy + edema_strength * (mean["edema"] - healthy)
+        values = tumor_free * healthy + fractions["edema"] * edema
+        for part in ("necrosis", "enhancing", "non_enhancing"):
+            values += fractions[part] * (mean[part] * (1.0 + 0.12 * tumor_texture))
+        values = _acquire(values, inside[box], rng, mm)
+        values *= np.float32(rng.uniform(*_WHITE_MATTER[modality]))
+        values = np.clip(np.rint(values), 1, np.iinfo(np.int16).max)
+        image = np.zeros(label.shape, np.int16)
+        image[box] = np.where(inside[box], values, 0)
+        images[modality] = image
+    return images
+
+
+def _around(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The bounding box of `mask`, `margin` voxels wider (all of it when the mask is empty)."""
+    if not mask.any():
+        return tuple(slice(0, size) for size in mask.shape)
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    return tuple(
+        slice(max(b.start - margin, 0), min(b.stop + margin, size))
+        for b, size in zip(box, mask.shape, strict=True)
+    )
+
+
+def _embed(part: np.ndarray, where: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros(shape, np.float32)
+    out[where] = part
+    return out
+
+
+def _tumor_fractions(label: np.ndarray, to_brats: np.ndarray) -> dict[str, np.ndarray]:
+    """Soft (partial-volume) fractions of edema, necrosis, enhancing and non-enhancing core."""
+    enhancing_case = bool((label == 4).any())
+    sigma = 0.6 / to_brats
+    parts = {
+        "edema": label == 2,
+        "necrosis": (label == 1) if enhancing_case else np.zeros(label.shape, bool),
+        "enhancing": label == 4,
+        "non_enhancing": np.zeros(label.shape, bool) if enhancing_case else (label == 1),
+    }
+    fractions = {}
+    for name, mask in parts.items():
+        fractions[name] = (
+            ndimage.gaussian_filter(mask.astype(np.float32), sigma)
+            if mask.any()
+            else np.zeros(label.shape, np.float32)
+        )
+    fractions["core"] = fractions["necrosis"] + fractions["enhancing"] + fractions["non_enhancing"]
+    return fractions
+
+
+def _edema_strength(
+    label: np.ndarray, to_brats: np.ndarray, noise: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """How far edema replaces the tissue it infiltrates: fully near the core, less far out."""
+    core = (label == 1) | (label == 4)
+    far = float(rng.uniform(0.5, 0.85))
+    if not core.any():
+        return np.full(label.shape, far, np.float32)
+    distance = ndimage.distance_transform_edt(~core, sampling=to_brats).astype(np.float32)
+    strength = far + (1.0 - far) * np.exp(-distance / 8.0)
+    strength *= 1.0 + 0.1 * noise
+    return np.clip(strength, 0.0, 1.0)
+
+
+def _vessels(anatomy: Anatomy, box: tuple[slice, ...], field, mm: float) -> np.ndarray:
+    """Fraction of vessels and dura: patches on the surface, tubes in the sulci, choroid plexus.
+
+    A tube is where two smooth fields both cross zero (two sheets intersect along a line).
+    """
+    depth, csf = anatomy.depth_mm[box], anatomy.csf[box]
+    first, second = field(14.0), field(14.0)
+    width = 0.12
+    tubes = np.clip(1.0 - (np.abs(first) + np.abs(second)) / width, 0.0, 1.0)
+    tubes *= np.clip(csf * 2.0, 0.0, 1.0) * (depth < 12.0)
+    dura = np.clip(1.0 - depth / 2.0, 0.0, 1.0) * np.clip(2.0 * field(20.0) - 0.6, 0.0, 1.0)
+    plexus = anatomy.ventricles[box] * np.clip(2.0 * field(6.0) - 1.2, 0.0, 1.0)
+    return np.clip(tubes + dura + plexus, 0.0, 1.0)
+
+
+def _acquire(
+    values: np.ndarray, inside: np.ndarray, rng: np.random.Generator, mm: float
+) -> np.ndarray:
+    """Blur (possibly thicker across axial slices), bias field and Rician noise."""
+    sigma = np.array([rng.uniform(0.3, 0.8), rng.uniform(0.3, 0.8), rng.uniform(0.3, 1.8)]) / mm
+    values = np.where(inside, values, 0.0).astype(np.float32)
+    values = ndimage.gaussian_filter(values, sigma)
+    weight = ndimage.gaussian_filter(inside.astype(np.float32), sigma)
+    values /= np.maximum(weight, 1e-3)  # no darkening at the brain's edge
+    bias = smooth_noise(rng, values.shape, 70.0 / mm)
+    values *= np.exp(np.float32(rng.uniform(0.05, 0.2)) * bias)
+    noise = np.float32(rng.uniform(0.01, 0.04))
+    real = values + noise * rng.standard_normal(values.shape, dtype=np.float32)
+    imaginary = noise * rng.standard_normal(values.shape, dtype=np.float32)
+    return np.hypot(real, imaginary)

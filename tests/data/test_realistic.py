@@ -1,0 +1,131 @@
+"""Generated cases from the MNI152 template: anatomy, tumors and contrasts behave like MRI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cascade.data import anatomy, tumor_growth
+from cascade.data.cases import MODALITIES
+from cascade.data.realistic import generate_case, generate_realistic
+from cascade.data.synthetic import write_dataset
+
+# A coarse grid over the BraTS field of view (2.5 mm voxels): the same anatomy, 1/16 the voxels.
+SHAPE = (96, 96, 62)
+VOXEL_ML = 240 * 240 * 155 / (96 * 96 * 62) / 1000.0
+
+
+@pytest.fixture(scope="module")
+def case():
+    return generate_realistic(SHAPE, seed=11)
+
+
+def _median(image: np.ndarray, where: np.ndarray) -> float:
+    return float(np.median(image[where]))
+
+
+def test_labels_are_brats_2020_and_seeded(case) -> None:
+    assert set(np.unique(case.label)) <= {0, 1, 2, 4}
+    assert (case.label > 0).any()
+    images, label = generate_case(SHAPE, seed=11)
+    assert np.array_equal(label, case.label)
+    for modality in MODALITIES:
+        assert np.array_equal(images[modality], case.images[modality])
+        assert images[modality].dtype == np.int16
+    other_images, _ = generate_case(SHAPE, seed=12)
+    assert not np.array_equal(other_images["t1"], case.images["t1"])
+
+
+def test_brain_is_placed_like_a_brats_brain(case) -> None:
+    brain = case.anatomy.brain >= 0.5
+    assert 1.1 < brain.sum() * VOXEL_ML / 1000.0 < 1.8  # litres
+    for modality in MODALITIES:  # skull-stripped: 0 outside, positive inside
+        assert (case.images[modality][~brain] == 0).all()
+        assert (case.images[modality][brain] > 0).all()
+    centre = np.argwhere(brain).mean(axis=0) * (240 / 96, 240 / 96, 155 / 62)
+    assert np.allclose(centre, (120, 130, 72), atol=15)
+
+
+def test_ventricles_have_csf_contrast_on_every_sequence(case) -> None:
+    healthy = case.label == 0
+    ventricles = (case.anatomy.ventricles > 0.8) & healthy
+    white = (case.anatomy.wm > 0.9) & healthy
+    grey = (case.anatomy.gm > 0.8) & healthy
+    assert ventricles.sum() * VOXEL_ML > 5.0  # mL
+    t1, t2, flair = (case.images[m] for m in ("t1", "t2", "flair"))
+    # T1: WM > GM > CSF; T2: CSF > GM > WM; FLAIR: CSF darkest.
+    assert _median(t1, white) > _median(t1, grey) > _median(t1, ventricles)
+    assert _median(t2, ventricles) > _median(t2, grey) > _median(t2, white)
+    assert _median(flair, ventricles) < min(_median(flair, grey), _median(flair, white))
+    assert _median(case.images["t1ce"], ventricles) < _median(case.images["t1ce"], white)
+
+
+def test_tumor_parts_look_like_a_glioma() -> None:
+    found_rim = False
+    for seed in range(6):
+        case = generate_realistic(SHAPE, seed=seed)
+        label, images = case.label, case.images
+        whole_ml = (label > 0).sum() * VOXEL_ML
+        assert 15.0 <= whole_ml <= 1.2 * tumor_growth.WHOLE_TUMOR_ML[1]
+        edema = label == 2
+        white = (case.anatomy.wm > 0.9) & (label == 0)
+        assert _median(images["flair"], edema) > 1.2 * _median(images["flair"], white)
+        assert _median(images["t2"], edema) > 1.2 * _median(images["t2"], white)
+        if (label == 4).any():
+            assert _median(images["t1ce"], label == 4) > 1.2 * _median(images["t1ce"], white)
+        if (label == 4).any() and (label == 1).any():
+            found_rim = True
+            # Necrosis sits inside the rim: almost none of it touches edema directly.
+            necrosis = label == 1
+            grown = np.zeros_like(necrosis)
+            for axis in range(3):
+                for shift in (-1, 1):
+                    grown |= np.roll(necrosis, shift, axis=axis)
+            assert (grown & edema).sum() < 0.2 * (grown & (label == 4)).sum()
+    assert found_rim
+
+
+def test_edema_follows_white_matter(case) -> None:
+    edema = case.label == 2
+    brain = case.anatomy.brain >= 0.5
+    assert case.anatomy.wm[edema].mean() > 1.3 * case.anatomy.wm[brain].mean()
+
+
+def test_mass_effect_pushes_tissue_aside() -> None:
+    shape = (96, 96, 62)
+    rng = np.random.default_rng(3)
+    placement = anatomy.draw_placement(rng, shape)
+    ventricles = anatomy.resample_anatomy(placement, shape).ventricles
+    centroid = np.argwhere(ventricles > 0.5).mean(axis=0)
+    # A tumor 30 mm beside the ventricles pushes them away from itself.
+    to_brats = placement.to_brats
+    centre = centroid + np.array([30.0, 0.0, 0.0]) / to_brats
+    pushed = anatomy.resample_anatomy(
+        placement, shape, anatomy.MassEffect(centre, radius_mm=20.0, reach_mm=40.0)
+    )
+    # The ventricle nearest to the tumor is pushed away from its centre.
+    distance = np.linalg.norm(
+        (np.indices(shape).reshape(3, -1).T - centre) * to_brats, axis=1
+    ).reshape(shape)
+    nearest_before = distance[ventricles > 0.5].min()
+    assert distance[pushed.ventricles > 0.5].min() > nearest_before + 3.0
+    # Far from the tumor nothing moves.
+    far = distance > 120
+    before_far = anatomy.resample_anatomy(placement, shape).wm[far]
+    assert np.abs(pushed.wm[far] - before_far).max() < 0.05
+
+
+def test_write_dataset_realistic(tmp_path: Path) -> None:
+    folders = write_dataset(
+        tmp_path / "cases", 1, shape=(64, 64, 48), seed=2, progress=False, generator="realistic"
+    )
+    files = sorted(path.name for path in folders[0].iterdir())
+    assert files == sorted(f"Synth_001_{key}.nii.gz" for key in (*MODALITIES, "seg"))
+    image = nib.load(folders[0] / "Synth_001_flair.nii.gz")
+    assert image.shape == (64, 64, 48)
+    assert nib.aff2axcodes(image.affine) == ("L", "P", "S")
+    with pytest.raises(ValueError, match="unknown generator"):
+        write_dataset(tmp_path / "other", 1, generator="ellipsoid")
