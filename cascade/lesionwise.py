@@ -34,9 +34,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from cascade.boxes import bounding_box, box_slices
 from cascade.data.labels import LabelScheme
 from cascade.evaluate import Scorer
-from cascade.metrics import bounding_box, summarize, volume_keys
+from cascade.metrics import summarize, volume_keys
 
 # The official groups of single classes, by class index (see cascade.data.labels), in column order.
 CLASS_GROUP_NAMES = {3: "et", 1: "netc", 2: "snfh", 4: "rc"}
@@ -176,7 +177,7 @@ def lesionwise_metrics(
     # The tumour's bounding box plus one background voxel holds every lesion and surface, so
     # the numbers are those of the whole volume, about 3x faster on a BraTS case.
     foreground = (prediction > 0) | (truth > 0)
-    box = bounding_box(foreground, margin=1) if foreground.any() else (slice(0, 1),) * truth.ndim
+    box = box_slices(bounding_box(foreground, margin=1) or ((0, 1),) * truth.ndim)
     with warnings.catch_warnings():
         # panoptica warns that the global NSD's tolerance is its 0.5 default: the official value
         warnings.filterwarnings("ignore", message="The threshold is set to 0.5")

@@ -25,6 +25,7 @@ import torch
 from scipy import ndimage
 from torchmetrics import Metric
 
+from cascade.boxes import bounding_box, box_slices
 from cascade.data.labels import DEFAULT_SCHEME, MAX_CLASSES
 
 Regions = Mapping[str, tuple[int, ...]]
@@ -122,7 +123,7 @@ def hd95(
         return 0.0
     if predicted_any != true_any:
         return HD95_EMPTY_MM
-    box = bounding_box(prediction | truth, margin=1)
+    box = box_slices(bounding_box(prediction | truth, margin=1))
     predicted_surface = _surface(prediction[box])
     true_surface = _surface(truth[box])
     spacing = tuple(float(s) for s in spacing)
@@ -169,7 +170,7 @@ def case_metrics(
 
     # Every region lies inside the union of the nonzero classes, so one crop serves them all.
     whole = (prediction > 0) | (truth > 0)
-    box = bounding_box(whole, margin=1) if whole.any() else (slice(0, 0),) * prediction.ndim
+    box = box_slices(bounding_box(whole, margin=1) or ((0, 0),) * prediction.ndim)
     predicted_crop, true_crop = prediction[box], truth[box]
 
     result: dict[str, float] = {}
@@ -328,13 +329,3 @@ class RegionDice(Metric):
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Voxels of the mask with a 6-neighbour outside it (the mask minus its erosion)."""
     return mask ^ ndimage.binary_erosion(mask)
-
-
-def bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """Slices of the non-empty mask's bounding box grown by margin, clipped to the array."""
-    box = []
-    for axis, size in enumerate(mask.shape):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        occupied = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(max(occupied[0] - margin, 0), min(occupied[-1] + 1 + margin, size)))
-    return tuple(box)

@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import torchio as tio
 
+from cascade.boxes import Box
 from cascade.data.cases import LABEL, MODALITIES, Case, load_subject
 from cascade.data.geometry import (
     Grid,
@@ -26,7 +27,7 @@ from cascade.data.geometry import (
     to_training_geometry,
 )
 from cascade.data.labels import LabelScheme, get_scheme
-from cascade.data.transforms import CropBox, build_preprocessing
+from cascade.data.transforms import build_preprocessing
 
 # Settings of the preprocessing config that set the geometry rather than the transforms.
 GEOMETRY_KEYS = ("orientation", "spacing")
@@ -63,7 +64,7 @@ class CaseMeta:
     """
 
     case_id: str
-    crop_box: CropBox  # half-open ((x0, x1), (y0, y1), (z0, z1)) on the model grid
+    crop_box: Box  # half-open ((x0, x1), (y0, y1), (z0, z1)) on the model grid
     original_shape: tuple[int, int, int]  # of the uncropped model grid
     affine: list[list[float]]  # 4 x 4, of the input's reference grid (for writing)
     spacing: tuple[float, float, float]  # of the input's reference grid

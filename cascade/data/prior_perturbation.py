@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor, nn
 
+from cascade.boxes import bounding_box, box_slices
+
 # Classes 1..3 (necrosis, edema, enhancing) make up the whole tumor; BraTS 2024's resection
 # cavity (class 4) is not tumor and is left as the prior has it.
 _TUMOR_CLASSES = (1, 2, 3)
@@ -117,7 +119,7 @@ def perturb_prior(prior: Tensor, parameters: dict) -> Tensor:
     if not bool(tumor.any()):
         return prior  # nothing to perturb: a tumor-free prior stays as it is
     margin = max(0, *(abs(radius) for radius in parameters["operations"])) + 1
-    box = _bounding_box(tumor, margin)
+    box = box_slices(bounding_box(tumor, margin))
     crop = classes[box]
 
     # nested regions WT >= TC >= ET of the internal classes 1 necrosis, 2 edema, 3 enhancing
@@ -200,15 +202,3 @@ def propagated_components(mask: Tensor) -> Tensor:
             labels = _cross_max(labels, outside=0.0) * inside
         if torch.equal(labels, previous):
             return labels.long()
-
-
-def _bounding_box(mask: Tensor, margin: int) -> tuple[slice, slice, slice]:
-    """Slices of the bounding box of a non-empty (X, Y, Z) mask grown by `margin`, clipped."""
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        present = mask.any(dim=other).nonzero().flatten()
-        start = max(0, int(present[0]) - margin)
-        stop = min(mask.shape[axis], int(present[-1]) + 1 + margin)
-        box.append(slice(start, stop))
-    return tuple(box)  # type: ignore[return-value]

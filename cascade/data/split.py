@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cascade.io import write_text_atomic
+
 
 def read_case_list(path: Path | str) -> list[str]:
     """Case ids from a file: one per line (blank lines and # comments skipped), or a JSON list."""
@@ -79,12 +81,8 @@ def write_split(
     path: Path | str, train: Sequence[str], val: Sequence[str], test: Sequence[str] = ()
 ) -> None:
     """Write {"train": [...], "val": [...], "test": [...]} as JSON (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     content = {"train": list(train), "val": list(val), "test": list(test)}
-    partial.write_text(json.dumps(content, indent=1) + "\n")
-    partial.replace(path)
+    write_text_atomic(path, json.dumps(content, indent=1) + "\n")
 
 
 def read_split(path: Path | str) -> tuple[list[str], list[str], list[str]]:

@@ -18,7 +18,7 @@ from torchio.transforms.preprocessing.intensity.normalization_transform import (
     TypeMaskingMethod,
 )
 
-CropBox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+from cascade.boxes import Box, bounding_box
 
 # Scales the median absolute deviation to the standard deviation of a normal distribution.
 MAD_TO_STD = 1.4826
@@ -76,7 +76,7 @@ class CropToBrain(tio.SpatialTransform):
         self.margin = int(margin)
         self.args_names = ["margin"]
 
-    def brain_box(self, subject: tio.Subject) -> CropBox:
+    def brain_box(self, subject: tio.Subject) -> Box:
         """Bounding box (half-open, with margin, clipped to the volume) of the nonzero voxels."""
         intensity_images = subject.get_images_dict(intensity_only=True)
         brain = None
@@ -85,20 +85,11 @@ class CropToBrain(tio.SpatialTransform):
             brain = nonzero if brain is None else brain.logical_or_(nonzero)
         if brain is None:
             raise ValueError("CropToBrain: the subject has no intensity image to find the brain in")
-        brain = brain.numpy()
-        box = []
-        for axis, size in enumerate(brain.shape):
-            others = tuple(other for other in range(3) if other != axis)
-            present = np.flatnonzero(brain.any(axis=others))
-            if present.size == 0:
-                where = ", ".join(
-                    _describe(image, name) for name, image in intensity_images.items()
-                )
-                raise ValueError(f"{where}: all images are zero, there is no brain to crop to")
-            start = max(int(present[0]) - self.margin, 0)
-            stop = min(int(present[-1]) + 1 + self.margin, size)
-            box.append((start, stop))
-        return tuple(box)
+        box = bounding_box(brain, self.margin)
+        if box is None:
+            where = ", ".join(_describe(image, name) for name, image in intensity_images.items())
+            raise ValueError(f"{where}: all images are zero, there is no brain to crop to")
+        return box
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
         shape = tuple(int(size) for size in subject.spatial_shape)
@@ -123,7 +114,7 @@ class CropToBrain(tio.SpatialTransform):
 
 
 def uncrop(
-    array: np.ndarray, crop_box: CropBox, original_shape: Sequence[int], fill: float = 0
+    array: np.ndarray, crop_box: Box, original_shape: Sequence[int], fill: float = 0
 ) -> np.ndarray:
     """Put a cropped array (..., x, y, z) back into the original grid (..., X, Y, Z).
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from cascade.data.stage1 import slab_channels, view_axis
+from cascade.data.slabs import slab_channels, view_axis
 
 
 class PriorStore(Protocol):

@@ -15,8 +15,8 @@ from cascade.config import export_job_for_ddp_children
 from cascade.loggers import build_logger
 from cascade.pipeline.evaluation import evaluate_cases, format_metrics, run_metrics, write_outputs
 from cascade.pipeline.prepare import prepare_cache, prepare_cases, prepare_split
-from cascade.pipeline.ranks import is_global_zero, set_rank_from_environment
 from cascade.pipeline.stages import file_tag, fit_stage1, fit_stage2, write_stage1_priors
+from cascade.ranks import is_global_zero, set_rank_from_environment
 from cascade.viz import save_alpha_curve
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from cascade.data.labels import LabelScheme, class_probabilities, class_weights
 from cascade.inference.multiview import slab_batch_size, write_priors
 from cascade.io import atomic_path
 from cascade.lit.callbacks import AlphaHistory
-from cascade.pipeline.ranks import is_global_zero
+from cascade.ranks import distributed_rank_and_world, is_global_zero
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +260,7 @@ def write_stage1_priors(
 ) -> None:
     """Every case's three-view prior into the cache; DDP ranks split the cases. Other jobs on
     the same cache and Stage 1 wait on a lock of the prior tag and then find the priors written."""
-    rank, world = 0, 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank, world = distributed_rank_and_world()
     device = (
         torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
     )

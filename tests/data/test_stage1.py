@@ -3,7 +3,9 @@ import pytest
 import torch
 
 import cascade.data.stage1 as stage1
-from cascade.data.stage1 import Slab, SlabSampler, Stage1DataModule, slab_channels
+from cascade.data.slab_augmentation import build_augmentation
+from cascade.data.slabs import Slab, SlabDataset, SlabSampler, slab_channels
+from cascade.data.stage1 import Stage1DataModule
 
 SHAPE = (20, 18, 12)
 
@@ -103,7 +105,7 @@ def test_each_process_gets_its_own_case_shard(monkeypatch) -> None:
     store = FakeStore(["a", "b", "c", "d"])
     shards = []
     for rank in range(2):
-        monkeypatch.setattr(stage1, "_rank_and_world", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(stage1, "distributed_rank_and_world", lambda rank=rank: (rank, 2))
         module = _module(store, train_ids=["c", "a", "b", "d"], val_ids=[])
         module.setup("fit")
         shards.append(set(module.train_set.sampler.case_ids))
@@ -121,14 +123,14 @@ def _same_slabs(store, augmentation, count: int = 4):
     """(plain, augmented) items of the same seeded slab draws."""
     sampler = SlabSampler(store, ["a"], 5, ["axial"], [16, 16], tumor_fraction=1.0)
     pairs = [
-        stage1.SlabDataset(sampler, count, 5, None),
-        stage1.SlabDataset(sampler, count, 5, augmentation),
+        SlabDataset(sampler, count, 5, None),
+        SlabDataset(sampler, count, 5, augmentation),
     ]
     return [(pairs[0][index], pairs[1][index]) for index in range(count)]
 
 
 def test_augmentation_flips_image_and_label_together() -> None:
-    flip_only = stage1.build_augmentation(1.0, 0.0, 0.0, 0.0)
+    flip_only = build_augmentation(1.0, 0.0, 0.0, 0.0)
     for before, after in _same_slabs(FakeStore(["a"]), flip_only):
         # (H, W) axes of the (4k, H, W) image; with p=1 RandomFlip flips each axis in turn
         matches = [
@@ -144,7 +146,7 @@ def test_augmentation_flips_image_and_label_together() -> None:
 def test_intensity_augmentation_changes_image_not_label() -> None:
     store = FakeStore(["a"])
     store.images["a"] = np.abs(store.images["a"]) / 1e6 + 0.1  # positive, z-score-like range
-    intensity = stage1.build_augmentation(0.0, 1.0, 0.3, 0.3)
+    intensity = build_augmentation(0.0, 1.0, 0.3, 0.3)
     for before, after in _same_slabs(store, intensity):
         assert torch.equal(after["label"], before["label"])
         inside = before["image"] != 0

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from cascade.data.stage1 import Slab, SlabSampler, slab_channels
+from cascade.data.slabs import Slab, SlabSampler, slab_channels
 from cascade.inference.multiview import (
     predict_prior,
     predict_view,

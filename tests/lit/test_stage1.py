@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from cascade.data.stage1 import SlabDataset, SlabSampler, Stage1DataModule
+from cascade.data.slabs import SlabDataset, SlabSampler
+from cascade.data.stage1 import Stage1DataModule
 from cascade.inference.multiview import predict_prior
 from cascade.lit.stage1 import Stage1Module
 from cascade.metrics import case_metrics

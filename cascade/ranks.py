@@ -1,4 +1,5 @@
-"""This process's global rank before any Trainer runs, as Lightning's cluster environments read it.
+"""Ranks: this process's global rank before any Trainer runs, as Lightning's cluster environments
+read it, and the rank inside an initialised process group.
 
 Lightning sets `rank_zero_only.rank` when a fit's strategy starts, and at import reads only
 RANK, LOCAL_RANK, SLURM_PROCID and JSM_NAMESPACE_RANK. A run whose stages are all reused starts
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 _GLOBAL_RANK_VARIABLES = ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "OMPI_COMM_WORLD_RANK")
@@ -35,3 +37,10 @@ def set_rank_from_environment(devices_per_node: int | str) -> int:
 
 def is_global_zero() -> bool:
     return rank_zero_only.rank == 0
+
+
+def distributed_rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
