@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from cascade.data.cases import MODALITIES
-from cascade.data.labels import DEFAULT_SCHEME, SCHEMES, LabelScheme, get_scheme
+from cascade.data.labels import SCHEMES, LabelScheme, get_scheme
+from cascade.inference.settings import InferenceSettings, SettingsError
 from cascade.io import atomic_path
 from cascade.nn.attention_unet3d import AttentionUNet3d
 from cascade.nn.residual_mix import LearnableResidualMix
@@ -43,13 +44,12 @@ class CascadeModel:
     stage1: nn.Module
     stage2: nn.Module
     mix: nn.Module
-    settings: dict[str, Any]  # preprocessing, slab_depth, views, patch_size, inference, labels
+    settings: InferenceSettings
 
     @property
     def scheme(self) -> LabelScheme:
-        """The label scheme the nets were trained on (checkpoints before schemes: BraTS 2020,
-        whose four classes every four-class scheme shares)."""
-        return get_scheme(self.settings.get("labels") or DEFAULT_SCHEME.name)
+        """The label scheme the nets were trained on."""
+        return get_scheme(self.settings.labels)
 
 
 def save_checkpoint(path: Path, model: CascadeModel, network_configs: dict[str, dict]) -> None:
@@ -59,7 +59,7 @@ def save_checkpoint(path: Path, model: CascadeModel, network_configs: dict[str, 
         "version": VERSION,
         "modalities": list(MODALITIES),
         "networks": network_configs,
-        "settings": model.settings,
+        "settings": model.settings.to_stored(),
         "state_dicts": {
             "stage1": model.stage1.state_dict(),
             "stage2": model.stage2.state_dict(),
@@ -125,15 +125,18 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path}: trained on modalities {payload['modalities']}, expected {MODALITIES}"
         )
-    labels = payload.get("settings", {}).get("labels")
-    if labels is not None and labels not in SCHEMES:
-        raise CheckpointError(f"{path}: unknown label scheme {labels!r} in the settings")
+    try:
+        settings = InferenceSettings.from_stored(payload.get("settings", {}))
+    except SettingsError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    if settings.labels not in SCHEMES:
+        raise CheckpointError(f"{path}: unknown label scheme {settings.labels!r} in the settings")
     modules = {}
     for name in ("stage1", "stage2", "mix"):
         module = _build(name, payload["networks"][name], path)
         module.load_state_dict(payload["state_dicts"][name])
         modules[name] = module.eval()
-    return CascadeModel(**modules, settings=payload["settings"])
+    return CascadeModel(**modules, settings=settings)
 
 
 def build_predictor(
@@ -146,30 +149,26 @@ def build_predictor(
     """A CascadePredictor with the checkpoint's settings (``tta`` None: the trained default)."""
     from cascade.data.preprocess import Preprocessor
     from cascade.inference.cascade import CascadePredictor
-    from cascade.inference.multiview import slab_batch_size
 
     settings = model.settings
-    inference = settings["inference"]
     return CascadePredictor(
         stage1_net=model.stage1,
         stage2_net=model.stage2,
         mix=model.mix,
-        preprocessing=Preprocessor.from_settings(settings["preprocessing"]),
-        slab_depth=settings["slab_depth"],
-        views=settings["views"],
-        stage1_plane_size=settings["slab_size"],
-        patch_size=settings["patch_size"],
-        overlap=inference["overlap"],
-        roi_margin=inference["roi_margin"],
-        stage1_batch_size=slab_batch_size(inference, device),
-        stage2_batch_size=inference["window_batch_size"],
+        preprocessing=Preprocessor.from_settings(settings.preprocessing),
+        slab_depth=settings.slab_depth,
+        views=settings.views,
+        stage1_plane_size=settings.slab_size,
+        patch_size=settings.patch_size,
+        overlap=settings.overlap,
+        roi_margin=settings.roi_margin,
+        stage1_batch_size=settings.slab_batch_size_on(torch.device(device).type),
+        stage2_batch_size=settings.window_batch_size,
         device=device,
         fp16=fp16,
-        tta=inference["tta"] if tta is None else tta,
+        tta=settings.tta if tta is None else tta,
         min_enhancing_voxels=(
-            settings.get("min_enhancing_voxels")
-            if min_enhancing_voxels is None
-            else min_enhancing_voxels
+            settings.min_enhancing_voxels if min_enhancing_voxels is None else min_enhancing_voxels
         ),
         scheme=model.scheme,
     )

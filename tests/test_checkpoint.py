@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cascade.checkpoint import CascadeModel, CheckpointError, load_checkpoint, save_checkpoint
+from cascade.inference.settings import InferenceSettings
 from cascade.nn.attention_unet3d import AttentionUNet3d
 from cascade.nn.residual_mix import LearnableResidualMix
 from cascade.nn.unet2d import UNet2d
@@ -29,7 +30,21 @@ NETWORKS = {
     },
     "mix": {"_target_": "cascade.nn.residual_mix.LearnableResidualMix", "init": 0.3},
 }
-SETTINGS = {"slab_depth": 3, "views": ["axial"], "patch_size": [16, 16, 16]}
+SETTINGS = InferenceSettings(
+    preprocessing={"margin": 2, "lower_percentile": 0.5, "upper_percentile": 99.5},
+    slab_depth=3,
+    views=("axial",),
+    slab_size=(24, 24),
+    patch_size=(16, 16, 16),
+    overlap=0.5,
+    roi_margin=4,
+    window_batch_size=2,
+    slab_batch_size=16,
+    cpu_slab_batch_size=1,
+    tta=False,
+    min_enhancing_voxels=None,
+    labels="brats2023",
+)
 
 
 def _model() -> CascadeModel:
@@ -140,3 +155,20 @@ def test_arguments_hydra_would_act_on_are_refused(tmp_path: Path) -> None:
         save_checkpoint(tmp_path / "cascade.ckpt", _model(), networks)
         with pytest.raises(CheckpointError, match=f"setting '{key}' is not a plain value"):
             load_checkpoint(tmp_path / "cascade.ckpt")
+
+
+def test_settings_of_an_older_checkpoint_take_what_it_was_used_with(tmp_path: Path) -> None:
+    stored = SETTINGS.to_stored()
+    del stored["labels"], stored["inference"]["cpu_slab_batch_size"]
+    older = InferenceSettings.from_stored(stored)
+    assert older.labels == "brats2020"
+    assert older.slab_batch_size_on("cpu") == older.slab_batch_size_on("cuda") == 16
+
+
+def test_a_checkpoint_whose_settings_lack_a_key_is_refused_with_its_name(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "cascade.ckpt", _model(), NETWORKS)
+    payload = torch.load(tmp_path / "cascade.ckpt", weights_only=True)
+    del payload["settings"]["patch_size"]
+    torch.save(payload, tmp_path / "cascade.ckpt")
+    with pytest.raises(CheckpointError, match="cascade.ckpt: the settings have no 'patch_size'"):
+        load_checkpoint(tmp_path / "cascade.ckpt")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cascade.checkpoint import CascadeModel, save_checkpoint
+from cascade.inference.settings import InferenceSettings
 from cascade.nn.attention_unet3d import AttentionUNet3d
 from cascade.nn.residual_mix import LearnableResidualMix
 from cascade.nn.unet2d import UNet2d
@@ -43,7 +44,11 @@ def write_checkpoint(path: Path, settings: dict) -> Path:
         "mix": {"_target_": "cascade.nn.residual_mix.LearnableResidualMix", "init": 0.5},
     }
     save_checkpoint(
-        path, CascadeModel(stage1, stage2, LearnableResidualMix(0.5), settings), networks
+        path,
+        CascadeModel(
+            stage1, stage2, LearnableResidualMix(0.5), InferenceSettings.from_stored(settings)
+        ),
+        networks,
     )
     return path
 

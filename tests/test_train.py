@@ -85,7 +85,7 @@ def test_smoke_run_writes_every_output(smoke_run) -> None:
     assert len(list((run / "overlays").glob("*.png"))) == 1
     assert (run / "alpha.png").stat().st_size > 0
     model = load_checkpoint(run / "cascade.ckpt")
-    assert model.settings["patch_size"] == [16, 16, 16]
+    assert model.settings.patch_size == (16, 16, 16)
     assert abs(float(model.mix.alpha.detach()) - metrics["alpha"]) < 1e-6
 
 

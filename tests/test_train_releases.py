@@ -51,7 +51,7 @@ def test_a_brats2024_tree_trains_with_the_resection_cavity_region(tmp_path) -> N
     with (run / "per_case.csv").open() as stream:
         assert "dice_rc" in next(csv.reader(stream))
     model = load_checkpoint(run / "cascade.ckpt")
-    assert model.settings["labels"] == "brats2024"
+    assert model.settings.labels == "brats2024"
     assert model.scheme.num_classes == 5
     with torch.no_grad():  # both nets predict the five classes of the scheme
         assert model.stage1(torch.zeros(2, 20, 16, 16)).shape[1] == 5

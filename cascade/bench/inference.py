@@ -17,8 +17,8 @@ from cascade.data.cache import PreprocessCache
 from cascade.data.cases import Case
 from cascade.data.labels import DEFAULT_SCHEME
 from cascade.inference.cascade import CascadePredictor, mirrored_softmax, tumor_box
+from cascade.inference.settings import InferenceSettings
 from cascade.inference.sliding import evaluated_region, sliding_window_predict
-from cascade.pipeline import model_settings
 
 # The bench measures the four-class BraTS 2020 scheme of the paper.
 NUM_CLASSES = DEFAULT_SCHEME.num_classes
@@ -31,7 +31,7 @@ def untrained_predictor(cfg: DictConfig, device: torch.device, tta: bool) -> Cas
         instantiate(cfg.model.stage1),
         instantiate(cfg.model.stage2),
         instantiate(cfg.model.mix),
-        settings=model_settings(cfg),
+        settings=InferenceSettings.from_config(cfg),
     )
     fp16 = str(cfg.trainer.precision).startswith("16")
     return build_predictor(model, device, tta=tta, fp16=fp16)

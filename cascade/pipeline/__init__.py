@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cascade.checkpoint import CascadeModel, build_predictor, save_checkpoint
 from cascade.config import export_job_for_ddp_children
+from cascade.inference.settings import InferenceSettings
 from cascade.loggers import build_logger
 from cascade.pipeline.evaluation import evaluate_cases, format_metrics, run_metrics, write_outputs
 from cascade.pipeline.prepare import prepare_cache, prepare_cases, prepare_split
@@ -20,20 +21,6 @@ from cascade.ranks import is_global_zero, set_rank_from_environment
 from cascade.viz import save_alpha_curve
 
 log = logging.getLogger(__name__)
-
-
-def model_settings(cfg: DictConfig) -> dict:
-    """What inference needs besides the weights; stored in cascade.ckpt."""
-    return {
-        "preprocessing": OmegaConf.to_container(cfg.preprocessing, resolve=True),
-        "slab_depth": cfg.data.stage1.slab_depth,
-        "views": list(cfg.data.stage1.views),
-        "slab_size": list(cfg.data.stage1.slab_size),
-        "patch_size": list(cfg.data.stage2.patch_size),
-        "inference": OmegaConf.to_container(cfg.model.inference, resolve=True),
-        "min_enhancing_voxels": cfg.evaluation.min_enhancing_voxels,
-        "labels": cfg.data.labels,
-    }
 
 
 def run(cfg: DictConfig) -> dict | None:
@@ -71,7 +58,7 @@ def run(cfg: DictConfig) -> dict | None:
     # (torchrun, SLURM) when both stages were reused and no Trainer ran
     if not is_global_zero():
         return None
-    model = CascadeModel(stage1_net, stage2_net, mix, settings=model_settings(cfg))
+    model = CascadeModel(stage1_net, stage2_net, mix, settings=InferenceSettings.from_config(cfg))
     networks = {
         name: OmegaConf.to_container(cfg.model[name], resolve=True)
         for name in ("stage1", "stage2", "mix")
