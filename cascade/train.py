@@ -34,11 +34,13 @@ def _train(cfg: DictConfig) -> float | None:
     except ConfigError as error:
         _config_error(str(error))
     # heavy imports after the config is known to be good
+    from cascade.cores import size_training
     from cascade.data.cases import CaseError
     from cascade.pipeline import run
     from cascade.pipeline.prepare import DataError
     from cascade.pipeline.stages import StageError
 
+    size_training(cfg)  # torch threads and loader workers within this job's cores
     try:
         metrics = run(cfg)
     except (CaseError, DataError, StageError) as error:

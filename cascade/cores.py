@@ -1,0 +1,131 @@
+"""CPU cores a job may use, and torch threads and loader workers sized to them.
+
+A job sees every core of the machine through ``os.cpu_count()``, but a launcher may give it
+fewer: an affinity mask (``taskset``, SLURM, a sweep launcher pinning jobs) or a cgroup v2 CPU
+quota (containers, ``systemd-run -p CPUQuota``). Torch's OpenMP threads and the loader workers
+are sized to the smaller of the two, or to ``CASCADE_CORES`` when set; OpenMP threads that
+outnumber the cores spin waiting for each other, and two jobs on one 2-core machine then ran
+6.5 times slower than one alone instead of twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CORES_VARIABLE = "CASCADE_CORES"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def affinity_cores() -> int:
+    """Cores in this process's affinity mask (all of them where the OS has no masks)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def cgroup_quota_cores(
+    cgroup_root: Path = CGROUP_ROOT, membership: Path = Path("/proc/self/cgroup")
+) -> float | None:
+    """CPUs that the cgroup v2 ``cpu.max`` quotas of this process's cgroup and its parents
+    allow (quota / period, the smallest along the path), or None where there is no quota."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    # cgroup v2: the single line "0::/path/of/the/group"
+    paths = [line.split(":", 2)[2] for line in lines if line.startswith("0::")]
+    if not paths:
+        return None
+    group = cgroup_root / paths[0].lstrip("/")
+    limits = []
+    for folder in [group, *group.parents]:
+        limit = _cpu_max(folder / "cpu.max")
+        if limit is not None:
+            limits.append(limit)
+        if folder == cgroup_root:
+            break
+    return min(limits) if limits else None
+
+
+def _cpu_max(path: Path) -> float | None:
+    """quota / period from a cpu.max file ("max 100000" or "150000 100000"); None: no limit."""
+    try:
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return int(quota) / int(period)
+
+
+def available_cores(explicit: int | str | None = None) -> int:
+    """Cores this job may keep busy: `explicit` (or ``CASCADE_CORES``) when given, otherwise
+    the affinity mask capped by the cgroup quota (rounded up: 1.5 CPUs keep 2 threads busy
+    part of the time)."""
+    explicit = explicit if explicit not in (None, "") else os.environ.get(CORES_VARIABLE)
+    if explicit not in (None, ""):
+        cores = int(explicit)
+        if cores < 1:
+            raise ValueError(f"{CORES_VARIABLE} must be a whole number >= 1, got {explicit!r}")
+        return cores
+    cores = affinity_cores()
+    quota = cgroup_quota_cores()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+@dataclass(frozen=True)
+class JobSize:
+    cores: int  # available to each process of the job
+    torch_threads: int
+    workers: dict[str, int]  # loader name -> workers
+
+
+def plan(cores: int, workers: MutableMapping[str, int] | dict[str, int]) -> JobSize:
+    """Loader workers capped at cores - 1 (one core stays with the training process), and torch
+    threads on the cores the busiest loader leaves: workers + threads <= cores."""
+    capped = {name: min(int(count), max(0, cores - 1)) for name, count in workers.items()}
+    busiest = max(capped.values(), default=0)
+    return JobSize(cores, max(1, cores - busiest), capped)
+
+
+def size_training(cfg) -> JobSize:
+    """Set torch's threads and cap ``data.stage1/stage2.num_workers`` in `cfg` (in place) to the
+    cores of this job, shared by the ``trainer.devices`` processes of DDP on one machine."""
+    from omegaconf import open_dict
+
+    devices = cfg.trainer.get("devices", 1)
+    processes = devices if isinstance(devices, int) and devices > 1 else 1
+    cores = max(1, available_cores() // processes)
+    loaders = {name: int(cfg.data[name].num_workers) for name in ("stage1", "stage2")}
+    size = plan(cores, loaders)
+    with open_dict(cfg):
+        for name, count in size.workers.items():
+            cfg.data[name].num_workers = count
+    torch.set_num_threads(size.torch_threads)
+    if size.workers != loaders:
+        log.info(
+            "%d core(s) for this process: loader workers %s -> %s, %d torch thread(s)",
+            cores,
+            loaders,
+            size.workers,
+            size.torch_threads,
+        )
+    return size
+
+
+def size_inference(threads: int | None = None) -> int:
+    """Torch threads for prediction: `threads`, or one per available core."""
+    count = threads or available_cores()
+    torch.set_num_threads(count)
+    return count
