@@ -145,8 +145,10 @@ def build_predictor(
     tta: bool | None = None,
     fp16: bool = True,
     min_enhancing_voxels: int | None = None,
+    cpu_bf16: bool = False,
 ):
-    """A CascadePredictor with the checkpoint's settings (``tta`` None: the trained default)."""
+    """A CascadePredictor with the checkpoint's settings (``tta`` None: the trained default);
+    ``cpu_bf16`` takes the fast bf16 path on a CPU that has it (cascade.inference.precision)."""
     from cascade.data.preprocess import Preprocessor
     from cascade.inference.cascade import CascadePredictor
 
@@ -171,4 +173,5 @@ def build_predictor(
             settings.min_enhancing_voxels if min_enhancing_voxels is None else min_enhancing_voxels
         ),
         scheme=model.scheme,
+        cpu_bf16=cpu_bf16,
     )

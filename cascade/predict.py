@@ -5,6 +5,9 @@ PATH is a case folder or a dataset folder of any supported release. Each case is
 with its affine and header and labels in the input's convention; a case on another grid than the
 model's is resampled to it and back. ``volumes.csv`` beside them gives each region's predicted
 volume in mL. A bad case is reported in one line and skipped.
+
+On a CPU the networks run in bf16 where the CPU computes it natively (AVX-512 BF16, AMX), with
+one torch thread per core the job may use (``cascade.cores``); ``--exact`` runs them in fp32.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cascade.checkpoint import CheckpointError, build_predictor, load_checkpoint
+from cascade.cores import size_inference
 from cascade.data.cases import overlay_background
 from cascade.data.discovery import scan_cases
 from cascade.data.errors import CaseError
@@ -45,6 +49,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tta", action="store_true", help="average over 8 mirrorings (slower)")
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available"
+    )
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="on a CPU, run the networks in fp32 instead of the faster bf16 (where the CPU has it)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: one per core available to this job)",
     )
     parser.add_argument("--overlays", action="store_true", help="also write <case-id>.png overlays")
     parser.add_argument(
@@ -83,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"error: {error}")
         return 2
-    predictor = build_predictor(model, device, tta=args.tta or None)
+    size_inference(args.threads)
+    predictor = build_predictor(model, device, tta=args.tta or None, cpu_bf16=not args.exact)
     cases, problems = scan_cases(args.input)
     for problem in problems:
         print(f"skipped: {problem}")

@@ -5,8 +5,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from cascade.checkpoint import CascadeModel, save_checkpoint
+from cascade.inference import cascade as cascade_inference
+from cascade.inference.precision import cpu_computes_bf16
 from cascade.inference.settings import InferenceSettings
 from cascade.nn.attention_unet3d import AttentionUNet3d
 from cascade.nn.residual_mix import LearnableResidualMix
@@ -148,3 +151,26 @@ def test_a_decathlon_case_is_predicted_in_its_own_convention(checkpoint, tmp_pat
     assert sorted(path.name for path in (tmp_path / "seg").glob("*.nii.gz")) == [
         "BRATS_001.nii.gz", "BRATS_002.nii.gz", "BRATS_485.nii.gz"
     ]  # fmt: skip
+
+
+def test_exact_runs_fp32_and_the_default_cpu_path_segments_alike(
+    checkpoint, tmp_path, write_case, monkeypatch
+) -> None:
+    """--exact predicts with the eager fp32 nets; without it a CPU takes the fast bf16 path
+    (where it computes bf16 natively), whose labels agree with the exact ones."""
+    data = tmp_path / "data"
+    write_case(data, naming="brats2020", case_id="A", shape=(24, 26, 20))
+    used = []
+    original = cascade_inference.CascadePredictor.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        used.append(self.autocast)
+
+    monkeypatch.setattr(cascade_inference.CascadePredictor, "__init__", recording_init)
+    assert predict(_args(checkpoint, data, tmp_path / "exact", "--exact", "--threads", "1")) == 0
+    assert predict(_args(checkpoint, data, tmp_path / "fast")) == 0
+    assert used == [None, torch.bfloat16 if cpu_computes_bf16() else None]
+    exact = np.asanyarray(nib.load(tmp_path / "exact" / "A.nii.gz").dataobj)
+    fast = np.asanyarray(nib.load(tmp_path / "fast" / "A.nii.gz").dataobj)
+    assert exact.shape == fast.shape and np.mean(exact == fast) > 0.97

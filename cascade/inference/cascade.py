@@ -26,6 +26,7 @@ from cascade.data.preprocess import CaseMeta, Preprocessor, preprocess_case
 from cascade.data.transforms import uncrop
 from cascade.inference.multiview import predict_prior
 from cascade.inference.postprocess import suppress_small_enhancing
+from cascade.inference.precision import autocast_dtype
 from cascade.inference.sliding import Box, evaluated_region, sliding_window_predict
 
 # Every subset of the three spatial axes of a (B, C, X, Y, Z) batch: the 8 mirrorings.
@@ -34,14 +35,18 @@ MIRROR_AXES: tuple[tuple[int, ...], ...] = tuple(
 )
 
 
-def mirrored_softmax(net: nn.Module, windows: Tensor, mirror: bool, autocast: bool) -> Tensor:
+def mirrored_softmax(
+    net: nn.Module, windows: Tensor, mirror: bool, autocast: bool | torch.dtype | None
+) -> Tensor:
     """float32 softmax of `net` on (B, C, *patch) windows; with `mirror`, the mean over the 8
-    mirrorings, each flipped back (test-time augmentation as nnU-Net does it)."""
+    mirrorings, each flipped back (test-time augmentation as nnU-Net does it). `autocast`: a
+    dtype to autocast to, True for float16, False or None for none."""
+    dtype = torch.float16 if autocast is True else autocast or None
     mirrorings = MIRROR_AXES if mirror else ((),)
     total = None
     for axes in mirrorings:
         flipped = windows.flip(axes) if axes else windows
-        with torch.autocast(windows.device.type, dtype=torch.float16, enabled=autocast):
+        with torch.autocast(windows.device.type, dtype=dtype, enabled=dtype is not None):
             logits = net(flipped)
         softmax = torch.softmax(logits.float(), dim=1)
         softmax = softmax.flip(axes) if axes else softmax
@@ -89,7 +94,8 @@ def tumor_box(classes: Tensor, margin: int) -> Box | None:
 class CascadePredictor:
     """Segments cases with a trained Stage-1 net, Stage-2 net and residual mix.
 
-    The nets are moved to `device` and put in eval mode. fp16 autocast is used only on CUDA.
+    The nets are moved to `device` and put in eval mode. `fp16` autocasts to float16 on CUDA;
+    `cpu_bf16` to bfloat16 on a CPU that computes it natively (the fast CPU path; False: fp32).
     `tta` averages Stage-2 softmax over the 8 mirrorings; `stage1_tta` does the same for the
     prior (8x Stage-1 cost, and a smoother prior than the cached ones Stage 2 was trained on).
     `stage1_plane_size` pads slices as `predict_prior` does for the cached priors; give the same.
@@ -117,6 +123,7 @@ class CascadePredictor:
         stage1_plane_size: Sequence[int] | None = None,
         weighting: str = "gaussian",
         scheme: LabelScheme = DEFAULT_SCHEME,
+        cpu_bf16: bool = False,
     ) -> None:
         if len(patch_size) != 3:
             raise ValueError(f"patch_size must have 3 values, got {patch_size}")
@@ -137,7 +144,8 @@ class CascadePredictor:
         self.roi_margin = roi_margin
         self.stage1_batch_size = stage1_batch_size
         self.stage2_batch_size = stage2_batch_size
-        self.autocast = fp16 and self.device.type == "cuda"
+        self.autocast = autocast_dtype(self.device, fp16, cpu_bf16)
+        self.fp16, self.cpu_bf16 = fp16, cpu_bf16
         self.tta = tta
         self.stage1_tta = stage1_tta
         self.stage1_plane_size = stage1_plane_size
@@ -249,8 +257,9 @@ class CascadePredictor:
                 views=self.views,
                 batch_size=self.stage1_batch_size,
                 device=self.device,
-                fp16=self.autocast,
+                fp16=self.fp16,
                 plane_size=self.stage1_plane_size,
+                cpu_bf16=self.cpu_bf16,
             )
             total += prior.flip(volume_axes) if axes else prior
         return total / len(mirrorings)

@@ -12,10 +12,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from cascade.data.slabs import slab_channels, view_axis
+from cascade.inference.precision import autocast_dtype
 
 
 class PriorStore(Protocol):
-    def image(self, case_id: str) -> np.ndarray: ...  # float32 (4, X, Y, Z)
+    def image(self, case_id: str) -> np.ndarray: ...  # float (4, X, Y, Z)
     def has_prior(self, case_id: str, tag: str) -> bool: ...
     def write_prior(self, case_id: str, tag: str, prior: np.ndarray) -> None: ...
 
@@ -54,8 +55,12 @@ def predict_view(
     batch_size: int,
     fp16: bool,
     plane_size: Sequence[int] | None = None,
+    cpu_bf16: bool = False,
 ) -> Tensor:
-    """Softmax of the net for every slice along `view`: image (4, X, Y, Z) -> (K, X, Y, Z)."""
+    """Softmax of the net for every slice along `view`: image (4, X, Y, Z) -> (K, X, Y, Z).
+
+    fp16 autocast with `fp16` on CUDA, bf16 with `cpu_bf16` on a CPU that computes it natively.
+    """
     axis = view_axis(view)
     volume = image.movedim(1 + axis, -1)  # (4, H, W, S), slice axis last as in training
     volume, crop = _pad_plane(volume, plane_size)
@@ -63,12 +68,12 @@ def predict_view(
     # zero slices past both ends (background after the z-score), then every k-window is a slab
     slabs = F.pad(volume, (half, half)).unfold(-1, slab_depth, 1)  # (4, H, W, S, k), a view
     slice_count = volume.shape[-1]
-    autocast = fp16 and image.device.type == "cuda"
+    dtype = autocast_dtype(image.device, fp16, cpu_bf16)
     probabilities = None
     for start in range(0, slice_count, batch_size):
         stop = min(start + batch_size, slice_count)
         batch = slab_channels(slabs[:, :, :, start:stop].movedim(3, 0))  # (b, 4k, H, W)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+        with torch.autocast(image.device.type, dtype=dtype, enabled=dtype is not None):
             logits = net(batch)
         batch_probabilities = torch.softmax(logits.float(), dim=1)  # (b, K, H, W)
         if probabilities is None:
@@ -87,10 +92,12 @@ def predict_prior(
     device: torch.device | str,
     fp16: bool,
     plane_size: Sequence[int] | None = None,
+    cpu_bf16: bool = False,
 ) -> Tensor:
     """Mean over views of the slab-wise softmax: image (4, X, Y, Z) -> float32 (K, X, Y, Z).
 
-    Runs on `device` (the net must already be there); fp16 autocast only on CUDA. plane_size
+    Runs on `device` (the net must already be there); fp16 autocast only on CUDA, bf16 on a
+    CPU only with `cpu_bf16` (see cascade.inference.precision). plane_size
     optionally zero-pads each slice to the training slab size so normalisation sees the same
     amount of background as in training.
     """
@@ -103,7 +110,7 @@ def predict_prior(
     prior = None
     for view in views:
         view_probabilities = predict_view(
-            net, image, slab_depth, view, batch_size, fp16, plane_size
+            net, image, slab_depth, view, batch_size, fp16, plane_size, cpu_bf16
         )
         prior = view_probabilities if prior is None else prior.add_(view_probabilities)
     return prior.div_(len(views))
@@ -122,7 +129,8 @@ def write_priors(
     progress: bool = True,
     plane_size: Sequence[int] | None = None,
 ) -> None:
-    """Predict and store the prior (float16) of every case that has none under `tag` yet."""
+    """Predict and store the prior of every case that has none under `tag` yet (the store
+    keeps it in its own precision)."""
     todo = [case_id for case_id in case_ids if not cache.has_prior(case_id, tag)]
     if not todo:
         return
@@ -133,6 +141,6 @@ def write_priors(
             prior = predict_prior(
                 net, cache.image(case_id), slab_depth, views, batch_size, device, fp16, plane_size
             )
-            cache.write_prior(case_id, tag, prior.to(torch.float16).cpu().numpy())
+            cache.write_prior(case_id, tag, prior.cpu().numpy())
     finally:
         net.train(was_training)
