@@ -11,7 +11,9 @@ straight into them, so a batch reaches the training process without further copi
 prior travel as float16, half the bytes of float32 (moving bytes between processes costs the
 loader more than reading them): its relative error below 5e-4 is far under the intensity
 augmentation (10 %), and mixed-precision training casts the network input to float16 anyway.
-The training step gets float32 (Stage2DataModule converts on the device).
+A prior stored as uint8 steps of 1/255 (cascade.data.cache) travels as it is stored, a quarter
+of float32; `batch_probabilities` divides it back. The training step gets float32
+(Stage2DataModule converts on the device).
 """
 
 from __future__ import annotations
@@ -76,21 +78,35 @@ def check_case_arrays(
     return label
 
 
+PRIOR_STEPS = 255  # a uint8 prior holds probabilities x 255 (cascade.data.cache)
+
+
+def batch_probabilities(prior: Tensor) -> Tensor:
+    """float32 probabilities of a batch's prior: uint8 steps of 1/255 divided back."""
+    if prior.dtype == torch.uint8:
+        return prior.float().div_(PRIOR_STEPS)
+    return prior.float()
+
+
 def patch_start(centre: int, size: int, patch: int) -> int:
     """First index of a `patch`-long window around `centre`, shifted to lie inside `size`."""
     return min(max(centre - patch // 2, 0), size - patch)
 
 
 def empty_patches(
-    count: int, patch_size: Sequence[int], shared: bool, num_classes: int
+    count: int,
+    patch_size: Sequence[int],
+    shared: bool,
+    num_classes: int,
+    prior_dtype: torch.dtype = torch.float16,
 ) -> dict[str, Tensor]:
-    """Uninitialised image (count, 4, *p) and prior (count, classes, *p) float16 and label
-    (count, *p) uint8; in
+    """Uninitialised image (count, 4, *p) float16, prior (count, classes, *p) `prior_dtype`
+    (float16, or uint8 steps of 1/255) and label (count, *p) uint8; in
     shared memory when `shared`, as DataLoader's own collate does in a worker, so that sending
     them to the training process copies nothing."""
     shapes = {
         "image": ((count, len(MODALITIES), *patch_size), torch.float16),
-        "prior": ((count, num_classes, *patch_size), torch.float16),
+        "prior": ((count, num_classes, *patch_size), prior_dtype),
         "label": ((count, *patch_size), torch.uint8),
     }
     patches = {}
@@ -154,6 +170,9 @@ class RandomPatches(Dataset):
         if len(prior_channels) != 1:
             raise ValueError(f"RandomPatches: priors of differing class counts {prior_channels}")
         self.num_classes = prior_channels.pop()
+        stored = {self.store.prior(case_id, prior_tag).dtype for case_id in case_ids}
+        # priors stored as uint8 steps travel so; float ones as float16
+        self.prior_dtype = torch.uint8 if stored == {np.dtype(np.uint8)} else torch.float16
         self._opened: dict[str, _CaseArrays] = {}
 
     def _checked_shape(self, case_id: str) -> tuple[int, int, int]:
@@ -227,7 +246,10 @@ class RandomPatches(Dataset):
             # times faster than numpy's
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             out["image"].copy_(torch.from_numpy(arrays.image[region]))
-            out["prior"].copy_(torch.from_numpy(arrays.prior[region]))
+            prior = torch.from_numpy(arrays.prior[region])
+            if prior.dtype == torch.uint8 and out["prior"].is_floating_point():
+                prior = prior.float().div_(PRIOR_STEPS)
+            out["prior"].copy_(prior)
         np.copyto(out["label"].numpy(), arrays.label[window])
         return out
 
@@ -238,7 +260,7 @@ class RandomPatches(Dataset):
         return self.read(case_id, self.window(case_id, centre), out)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        empty = empty_patches(1, self.patch_size, False, self.num_classes)
+        empty = empty_patches(1, self.patch_size, False, self.num_classes, self.prior_dtype)
         patch = {key: value[0] for key, value in empty.items()}
         return self.fill(index, patch)
 
@@ -256,8 +278,9 @@ class PatchBatches(Dataset):
 
     def __getitem__(self, indices: Sequence[int]) -> dict[str, Tensor]:
         in_worker = get_worker_info() is not None
+        patches = self.patches
         batch = empty_patches(
-            len(indices), self.patches.patch_size, in_worker, self.patches.num_classes
+            len(indices), patches.patch_size, in_worker, patches.num_classes, patches.prior_dtype
         )
         for position, index in enumerate(indices):
             self.patches.fill(index, {key: value[position] for key, value in batch.items()})

@@ -22,11 +22,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cascade.data.batch_augmentation import BatchAugmentation
+from cascade.data.cache import prior_probabilities
 from cascade.data.patches import (
     EpochBatchSampler,
     PatchBatches,
     PatchStore,
     RandomPatches,
+    batch_probabilities,
     check_case_arrays,
 )
 from cascade.data.prior_perturbation import PriorPerturbation
@@ -44,7 +46,7 @@ def load_case(store: CaseStore, case_id: str, prior_tag: str) -> dict[str, Tenso
     label = check_case_arrays(case_id, image, prior, store.label(case_id))
     # np.array: one copy each from the read-only memory maps, converting in the same pass
     image = np.array(image, dtype=np.float32)
-    prior = np.array(prior, dtype=np.float32)
+    prior = prior_probabilities(prior)
     label = np.array(label, dtype=np.uint8)
     return {
         "image": torch.from_numpy(image),
@@ -75,11 +77,11 @@ class Stage2DataModule(L.LightningDataModule):
     label_probabilities: class -> relative chance that a patch is centred on that class
     (a mapping, or a list indexed by class). patches_per_epoch: training patches per epoch over
     all ranks, spread evenly over the training cases; num_workers loader workers read them.
-    Training batches arrive with float16 image and prior (half the bytes between processes);
-    on_after_batch_transfer makes them float32 on the device, perturbs the priors
-    (`perturbation`, None: off), then flips (image, prior and label alike) and scales/shifts the
-    image intensity (`batch_augmentation`). One validation case per batch, cases split between
-    ranks.
+    Training batches arrive with a float16 image and a float16 or uint8 prior (fewer bytes
+    between processes); on_after_batch_transfer makes them float32 on the device, perturbs the
+    priors (`perturbation`, None: off), then flips (image, prior and label alike) and
+    scales/shifts the image intensity (`batch_augmentation`). One validation case per batch,
+    cases split between ranks.
     """
 
     def __init__(
@@ -135,7 +137,7 @@ class Stage2DataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is None or not trainer.training:
             return batch
-        prior = batch["prior"].float()
+        prior = batch_probabilities(batch["prior"])
         generator = self.augmentation_generator()
         if self.perturbation is not None:
             prior = self.perturbation(prior, generator)

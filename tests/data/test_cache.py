@@ -9,12 +9,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from cascade.data import cache as cache_module
-from cascade.data.cache import PreprocessCache, settings_hash
+from cascade.data.cache import PreprocessCache, prior_probabilities, settings_hash
 from cascade.data.discovery import discover_cases
 from cascade.data.labels import SCHEMES
-from cascade.data.patches import LOCATIONS_PER_CLASS
+from cascade.data.patches import (
+    LOCATIONS_PER_CLASS,
+    PatchBatches,
+    RandomPatches,
+    batch_probabilities,
+)
 from cascade.data.preprocess import preprocess_case
 from cascade.data.transforms import build_preprocessing, uncrop
 
@@ -40,7 +46,7 @@ def test_build_stores_cropped_normalised_case(tmp_path: Path, dataset: Path) -> 
     assert store.case_ids() == ["Case_001", "Case_002"]
     image, label, meta = store.image("Case_001"), store.label("Case_001"), store.meta("Case_001")
     assert isinstance(image, np.memmap) and isinstance(label, np.memmap)
-    assert image.dtype == np.float32 and image.flags.c_contiguous
+    assert image.dtype == np.float16 and image.flags.c_contiguous
     assert label.dtype == np.uint8
     assert image.shape == (4, *meta.cropped_shape) and label.shape == meta.cropped_shape
     assert meta.cropped_shape != SHAPE  # the background was cropped away
@@ -123,13 +129,13 @@ def test_interrupted_write_is_rebuilt(tmp_path: Path, dataset: Path) -> None:
 
     store.build(cases, progress=False)
     assert store.case_ids() == ["Case_001", "Case_002"]
-    assert store.image("Case_002").dtype == np.float32
+    assert store.image("Case_002").dtype == np.float16
     assert not stale.exists()
     leftovers = [path.name for path in (store.folder / "cases").iterdir()]
     assert sorted(leftovers) == ["Case_001", "Case_002"]
 
 
-def test_priors_round_trip_as_float16(tmp_path: Path, dataset: Path) -> None:
+def test_priors_round_trip_in_steps_of_1_255(tmp_path: Path, dataset: Path) -> None:
     cases = discover_cases(dataset)[:1]
     store = PreprocessCache(tmp_path / "cache", SETTINGS)
     store.build(cases, progress=False)
@@ -142,8 +148,9 @@ def test_priors_round_trip_as_float16(tmp_path: Path, dataset: Path) -> None:
     assert store.has_prior("Case_001", "abc123")
     assert not store.has_prior("Case_001", "other")
     prior = store.prior("Case_001", "abc123")
-    assert isinstance(prior, np.memmap) and prior.dtype == np.float16
-    assert np.allclose(prior, probabilities, atol=1e-3)
+    assert isinstance(prior, np.memmap) and prior.dtype == np.uint8
+    np.testing.assert_allclose(prior_probabilities(prior), probabilities, atol=0.5 / 255 + 1e-6)
+    assert prior_probabilities(prior).dtype == np.float32
     assert os.listdir(store.folder / "priors" / "abc123") == ["Case_001.npy"]
 
     with pytest.raises(ValueError, match="spatial shape"):
@@ -200,7 +207,7 @@ def test_another_dataset_with_the_same_case_ids_gets_its_own_arrays(
 
     store.build(discover_cases(second), progress=False)
     expected, _, _ = preprocess_case(discover_cases(second)[0], build_preprocessing(**SETTINGS))
-    assert np.array_equal(store.image("Case_001"), expected)
+    assert np.array_equal(store.image("Case_001"), expected.astype(np.float16))
     assert not np.array_equal(store.image("Case_001"), from_first)
     assert store.identity(["Case_001"]) != first_identity  # so a stage trained on it retrains
 
@@ -269,3 +276,35 @@ def test_a_case_on_another_grid_is_cached_in_the_training_geometry(
     label = store.label("Coarse")
     assert store.image("Coarse").shape[1:] == label.shape
     assert set(np.unique(label)) <= {0, 1, 2, 3} and label.any()
+
+
+def test_images_are_cached_as_float16_of_the_preprocessed_intensities(
+    tmp_path: Path, dataset: Path
+) -> None:
+    case = discover_cases(dataset)[0]
+    store = PreprocessCache(tmp_path / "cache", SETTINGS)
+    store.build([case], progress=False)
+    image, _, _ = preprocess_case(case, build_preprocessing(**SETTINGS))
+    cached = store.image(case.case_id)
+    assert isinstance(cached, np.memmap) and cached.dtype == np.float16
+    assert cached.nbytes == image.size * 2
+    # float16 keeps about 3 significant digits; zero background stays exactly zero
+    np.testing.assert_allclose(cached.astype(np.float32), image, rtol=1e-3, atol=1e-3)
+    assert np.array_equal(cached == 0, image == 0)
+
+
+def test_a_uint8_prior_travels_as_stored_and_comes_back_as_probabilities(
+    tmp_path: Path, dataset: Path
+) -> None:
+    store = PreprocessCache(tmp_path / "cache", SETTINGS)
+    store.build(discover_cases(dataset), progress=False)
+    rng = np.random.default_rng(0)
+    for case_id in store.case_ids():
+        shape = store.image(case_id).shape[1:]
+        store.write_prior(case_id, "t", rng.dirichlet(np.ones(4), size=shape).transpose(3, 0, 1, 2))
+    patches = RandomPatches(store, store.case_ids(), "t", (8, 8, 8), {0: 1.0}, length=4)
+    batch = PatchBatches(patches)[[0, 1]]
+    assert batch["prior"].dtype == torch.uint8 and batch["image"].dtype == torch.float16
+    probabilities = batch_probabilities(batch["prior"])
+    assert probabilities.dtype == torch.float32
+    assert torch.allclose(probabilities.sum(1), torch.ones(()), atol=4 * 0.5 / 255)
