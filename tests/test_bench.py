@@ -34,15 +34,20 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
     rows = {row["name"]: row for section in sections.values() for row in section.get("rows", [])}
     assert rows["PreprocessCache.build, 1 torch thread(s)"]["s/case"] > 0
     loaders = [row for name, row in rows.items() if name.startswith("Stage-2 patches")]
-    # Stage 2 at the configured workers (1 in smoke) and at 2
-    assert len(loaders) == 2 and all(row["items/s"] > 0 for row in loaders)
+    # Stage 2 at the configured workers (1 in smoke) and at 2, then 2 on each cache format
+    assert len(loaders) == 4 and all(row["items/s"] > 0 for row in loaders)
+    sizes = [row for name, row in rows.items() if name.startswith("cache bytes per case")]
+    assert [row["x before"] for row in sizes][0] == 1 and 0 < sizes[1]["x before"] < 0.6
     steps = {row["name"]: row for row in sections["3. Training step per stage"]["rows"]}
     step = steps["Stage 2 AttentionUNet3d smoke"]
     assert step["ms/step"] > 0 and step["samples/s"] > 0
     full_volume = rows["Full-volume AttentionUNet3d smoke"]
     assert full_volume["activations fp32 GiB"] > full_volume["activations fp16 GiB"] > 0
     inference = [row for name, row in rows.items() if name.startswith("cascade smoke")]
-    assert len(inference) == 2
+    assert len(inference) == 3  # ROI exact and on the fast CPU path, full volume
+    fast = rows["cascade smoke, Stage 2 on ROI (true tumor box, forced), fast CPU path"]
+    assert fast["x exact"] > 0
+    assert all(0 <= fast[f"guard {region} Dice"] <= 1 for region in ("WT", "TC", "ET"))
     for row in inference:
         parts = sum(row[f"{part} s"] for part in ("read_preprocess", "stage1", "stage2", "finish"))
         assert abs(parts - row["total s"]) < 0.05 * row["total s"] + 1e-3

@@ -52,6 +52,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="a labelled BraTS case folder to time inference on instead of a synthetic case "
         "(its tumor sets the Stage-2 region)",
     )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="a trained cascade.ckpt: with --case, its exact and fast CPU predictions of the "
+        "case and the fast path's Dice against the exact one (the accuracy guard)",
+    )
     parser.add_argument("--out", type=Path, default=Path("experiments/bench"))
     parser.add_argument("--workdir", type=Path, default=None, help="synthetic data (default: temp)")
     parser.add_argument(
@@ -156,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # timed batches after each loader's first (worker start): Stage 1, Stage 2
             batches = (4 if quick else 16, 8 if quick else 48)
             rows = loading.loading_rows(cfg, cache, PRIOR_TAG, stage1, stage2, *batches)
+            shape = "x".join(map(str, cfg.synthetic.shape))
+            rows += loading.cache_format_rows(
+                cfg, cache, PRIOR_TAG, workdir / "cache-v4", 2, batches[1], f"synthetic {shape}"
+            )
             sections["2. Data loading (items/s = slabs or patches per second)"] = {
                 "note": "The configured workers and 2 workers (goal: >= 60 Stage-2 patches/s). "
                 "Priors are plausible random probability maps. The few cases stay in the page "
@@ -184,10 +195,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.case is not None:
                 case = _labelled_case(args.case)
                 case_cache = loading.build_cache(cfg, [case], workdir / "case-cache")
+                loading.write_priors(case_cache, [case.case_id], PRIOR_TAG, cfg.seed)
+                sections["4a. Cache bytes of the case"] = {
+                    "rows": loading.cache_format_rows(
+                        cfg, case_cache, PRIOR_TAG, workdir / "case-v4", 0, None, case.case_id
+                    )
+                }
                 notes.append(f"inference on the case {case.case_id} read from {args.case}")
-            sections["4. Inference per case (CascadePredictor timings)"] = _inference(
+            section = _inference(
                 smoke, experiments[names[-1]], names[-1], case, case_cache, device, quick, args.full
             )
+            if args.checkpoint is not None and device.type == "cpu":
+                section["rows"] += inference.trained_guard_rows(
+                    args.checkpoint, case, device, torch.get_num_threads()
+                )
+            sections["4. Inference per case (CascadePredictor timings)"] = section
             report(sections)
 
         if "profile" in args.sections:
@@ -229,22 +251,40 @@ def _inference(smoke, experiment, name, case, cache, device, quick: bool, full: 
     with --full) and nnU-Net's network over the whole case."""
     cuda = device.type == "cuda"
     rows = []
+    # (roi_only, tta, fast): on a CPU each ROI variant exact (eager fp32) and on the fast path
+    exact_and_fast = [(True, False, False), (True, False, True)]
+    if not quick:
+        exact_and_fast += [(True, True, False), (True, True, True)]
     if not cuda:
-        variants = [(True, False), (False, False)] + ([] if quick else [(True, True)])
+        variants = [*exact_and_fast[:2], (False, False, False), *exact_and_fast[2:]]
         rows += inference.inference_rows(smoke, "smoke", case, cache, device, 1, variants)
     if cuda or full:
-        variants = [(True, False), (False, False), (True, True)]
+        # the paper-size full-volume row (5 min on one CPU thread) only where a GPU runs it
+        variants = [(True, False), (False, False), (True, True)] if cuda else exact_and_fast
         repeats = 3 if cuda else 1
-        rows += inference.inference_rows(experiment, name, case, cache, device, repeats, variants)
+        paper = inference.inference_rows(experiment, name, case, cache, device, repeats, variants)
+        rows += paper
     if not quick and networks.installed("dynamic_network_architectures"):
         fp16 = str(experiment.trainer.precision).startswith("16")
         tta = (False, True) if cuda or full else (False,)
-        rows += inference.nnunet_window_rows(cache, case.case_id, device, fp16, tta)
+        nnunet = inference.nnunet_window_rows(cache, case.case_id, device, fp16, tta)
+        rows += nnunet
+        if cuda or full:
+            # the goal: the cascade's network time against nnU-Net's, with and without TTA
+            whole_case = {"8x TTA" in row["name"]: row["network s"] for row in nnunet}
+            for row in paper:
+                mirrored = "8x TTA" in row["name"]
+                if "ROI" in row["name"] and mirrored in whole_case:
+                    row["x nnU-Net"] = row["network s"] / whole_case[mirrored]
     return {
         "note": "Untrained nets find no tumor, so the Stage-2 region is forced to the case's "
         "true tumor box plus roi_margin (the predictor's `roi` argument). 'network s' is "
         "Stage 1 + Stage 2 (the cascade) or the sliding window alone (nnU-Net); reading and "
-        "preprocessing are the same for both.",
+        "preprocessing are the same for both. 'fast CPU path': what cascade.predict runs on "
+        "a CPU (bf16 autocast where the CPU has it natively); 'x exact' is its network time "
+        "over the exact (eager fp32) row's, 'guard' its WT/TC/ET Dice against that row's "
+        "segmentation; 'x nnU-Net' the network time over nnU-Net's (eager fp32 on a CPU, "
+        "the same threads).",
         "rows": rows,
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,10 +13,10 @@ from omegaconf import DictConfig
 
 from cascade.bench.measure import median, time_calls
 from cascade.bench.networks import NNUNET_PATCH, nnunet_plain_unet
-from cascade.checkpoint import CascadeModel, build_predictor
+from cascade.checkpoint import CascadeModel, build_predictor, load_checkpoint
 from cascade.data.cache import PreprocessCache
 from cascade.data.cases import Case
-from cascade.data.labels import DEFAULT_SCHEME
+from cascade.data.labels import DEFAULT_SCHEME, LabelScheme
 from cascade.inference.cascade import CascadePredictor, mirrored_softmax, tumor_box
 from cascade.inference.settings import InferenceSettings
 from cascade.inference.sliding import evaluated_region, sliding_window_predict
@@ -24,8 +25,11 @@ from cascade.inference.sliding import evaluated_region, sliding_window_predict
 NUM_CLASSES = DEFAULT_SCHEME.num_classes
 
 
-def untrained_predictor(cfg: DictConfig, device: torch.device, tta: bool) -> CascadePredictor:
-    """The configured cascade with freshly initialised nets (speed does not depend on weights)."""
+def untrained_predictor(
+    cfg: DictConfig, device: torch.device, tta: bool, fast: bool = False
+) -> CascadePredictor:
+    """The configured cascade with freshly initialised nets (speed does not depend on weights);
+    `fast`: the CPU's bf16 path as cascade.predict takes it (cascade.inference.precision)."""
     torch.manual_seed(0)
     model = CascadeModel(
         instantiate(cfg.model.stage1),
@@ -34,7 +38,7 @@ def untrained_predictor(cfg: DictConfig, device: torch.device, tta: bool) -> Cas
         settings=InferenceSettings.from_config(cfg),
     )
     fp16 = str(cfg.trainer.precision).startswith("16")
-    return build_predictor(model, device, tta=tta, fp16=fp16)
+    return build_predictor(model, device, tta=tta, fp16=fp16, cpu_bf16=fast)
 
 
 def truth_roi(cache: PreprocessCache, case_id: str, margin: int):
@@ -44,6 +48,24 @@ def truth_roi(cache: PreprocessCache, case_id: str, margin: int):
     return tumor_box(label, margin)
 
 
+def agreement_dice(
+    prediction: np.ndarray, reference: np.ndarray, scheme: LabelScheme = DEFAULT_SCHEME
+) -> dict[str, float]:
+    """Dice of each region of `prediction` against `reference` (class maps); 1 where both
+    are empty, as BraTS scores it."""
+    result = {}
+    masks = scheme.region_masks(prediction)
+    for region, reference_mask in scheme.region_masks(reference).items():
+        mask = masks[region]
+        total = int(mask.sum()) + int(reference_mask.sum())
+        overlap = int(np.logical_and(mask, reference_mask).sum())
+        result[region.upper()] = 1.0 if total == 0 else 2.0 * overlap / total
+    return result
+
+
+Variant = tuple[bool, bool, bool]  # roi_only, tta, fast
+
+
 def inference_rows(
     cfg: DictConfig,
     name: str,
@@ -51,42 +73,94 @@ def inference_rows(
     cache: PreprocessCache,
     device: torch.device,
     repeats: int,
-    variants: Sequence[tuple[bool, bool]],
+    variants: Sequence[Variant | tuple[bool, bool]],
 ) -> list[dict[str, Any]]:
     """Per-case seconds split into reading/preprocessing, Stage 1, Stage 2 and the rest.
 
-    variants: (roi_only, tta) pairs. On a GPU a first, untimed case runs before (cuDNN tuning,
-    kernel loading): its total is 'first case s'.
+    variants: (roi_only, tta[, fast]) triples; a fast variant whose exact twin ran too gets
+    'x exact' (its network time over the twin's) and the agreement of its segmentation with
+    the twin's (WT/TC/ET Dice, the accuracy guard). On a GPU a first, untimed case runs before
+    (cuDNN tuning, kernel loading): its total is 'first case s'.
     """
     roi = truth_roi(cache, case.case_id, cfg.model.inference.roi_margin)
     shape = cache.meta(case.case_id).original_shape
     rows = []
-    for roi_only, tta in variants:
-        predictor = untrained_predictor(cfg, device, tta)
+    exact: dict[tuple[bool, bool], tuple[float, np.ndarray]] = {}
+    for variant in variants:
+        roi_only, tta, fast = (*variant, False)[:3]
+        predictor = untrained_predictor(cfg, device, tta, fast)
         first: dict[str, Any] = {}
         if device.type == "cuda":
             warmup = predictor.predict(case, roi_only=roi_only, roi=roi)
             first = {"first case s": warmup.timings["total"]}
-        timings = [
-            predictor.predict(case, roi_only=roi_only, roi=roi).timings for _ in range(repeats)
-        ]
+        predictions = [predictor.predict(case, roi_only=roi_only, roi=roi) for _ in range(repeats)]
+        timings = [prediction.timings for prediction in predictions]
         box = evaluated_region(cache.image(case.case_id).shape[1:], predictor.patch_size, roi)
         region = "ROI (true tumor box, forced)" if roi_only else "full volume"
         setting = f"{'x'.join(map(str, shape))}, patch {'x'.join(map(str, predictor.patch_size))}"
         if roi_only:
             setting += ", Stage-2 box " + "x".join(str(stop - start) for start, stop in box)
-        rows.append(
-            {
-                "name": f"cascade {name}, Stage 2 on {region}" + (", 8x TTA" if tta else ""),
-                "setting": setting,
-                **{
-                    f"{part} s": median([timing[part] for timing in timings])
-                    for part in ("read_preprocess", "stage1", "stage2", "finish", "total")
-                },
-                "network s": median([timing["stage1"] + timing["stage2"] for timing in timings]),
-                **first,
-            }
-        )
+        setting += ", " + _precision_label(predictor)
+        network = median([timing["stage1"] + timing["stage2"] for timing in timings])
+        row = {
+            "name": f"cascade {name}, Stage 2 on {region}"
+            + (", 8x TTA" if tta else "")
+            + (", fast CPU path" if fast else ""),
+            "setting": setting,
+            **{
+                f"{part} s": median([timing[part] for timing in timings])
+                for part in ("read_preprocess", "stage1", "stage2", "finish", "total")
+            },
+            "network s": network,
+            **first,
+        }
+        if not fast:
+            exact[(roi_only, tta)] = (network, predictions[-1].classes)
+        elif (roi_only, tta) in exact:
+            exact_network, exact_classes = exact[(roi_only, tta)]
+            row["x exact"] = network / exact_network
+            dice = agreement_dice(predictions[-1].classes, exact_classes)
+            row.update({f"guard {region} Dice": value for region, value in dice.items()})
+        rows.append(row)
+    return rows
+
+
+def _precision_label(predictor: CascadePredictor) -> str:
+    dtype = predictor.autocast
+    return {None: "fp32", torch.float16: "fp16 autocast", torch.bfloat16: "bf16 autocast"}.get(
+        dtype, str(dtype)
+    )
+
+
+def trained_guard_rows(
+    checkpoint: Path, case: Case, device: torch.device, threads: int
+) -> list[dict[str, Any]]:
+    """A trained cascade (cascade.predict's checkpoint) on `case`, exact and on the fast CPU
+    path, each on the Stage-2 region its own Stage 1 finds: times and the fast path's WT/TC/ET
+    Dice against the exact segmentation (the accuracy guard)."""
+    model = load_checkpoint(checkpoint)
+    rows, reference, exact_network = [], None, None
+    for fast in (False, True):
+        predictor = build_predictor(model, device, cpu_bf16=fast)
+        prediction = predictor.predict(case)
+        timings = prediction.timings
+        network = timings["stage1"] + timings["stage2"]
+        box = prediction.stage2_box
+        row = {
+            "name": f"trained cascade ({checkpoint.name}), Stage 2 on its own ROI"
+            + (", fast CPU path" if fast else ""),
+            "setting": f"{_precision_label(predictor)}, {threads} thread(s), Stage-2 box "
+            + ("none" if box is None else "x".join(str(b - a) for a, b in box)),
+            **{f"{part} s": timings[part] for part in ("stage1", "stage2", "total")},
+            "network s": network,
+        }
+        if reference is None:
+            reference, exact_network = prediction.classes, network
+        else:
+            row["x exact"] = network / exact_network
+            dice = agreement_dice(prediction.classes, reference, model.scheme)
+            row.update({f"guard {region} Dice": value for region, value in dice.items()})
+        rows.append(row)
     return rows
 
 
@@ -140,7 +214,7 @@ def window_overhead_rows(
     """Sliding window over the whole cropped case: with the Stage-2 net, and with a stand-in
     that returns constant outputs, which leaves the cost of slicing, weighting and summing."""
     predictor = untrained_predictor(cfg, device, tta=False)
-    image = torch.from_numpy(np.array(cache.image(case_id))).to(device)
+    image = torch.from_numpy(np.array(cache.image(case_id), dtype=np.float32)).to(device)
     prior = torch.full((NUM_CLASSES, *image.shape[1:]), 1.0 / NUM_CLASSES, device=device)
     volume = torch.cat([image, prior])
     patch = predictor.patch_size

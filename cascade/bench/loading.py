@@ -19,11 +19,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cascade.bench.measure import MIB, median
-from cascade.data.cache import PreprocessCache
+from cascade.data.cache import CACHE_VERSION, PreprocessCache, prior_probabilities
 from cascade.data.cases import Case
 from cascade.data.discovery import discover_cases
 from cascade.data.labels import DEFAULT_SCHEME, class_probabilities
-from cascade.data.patches import PatchBatches, empty_patches
+from cascade.data.patches import PatchBatches, batch_probabilities, empty_patches
 from cascade.data.stage1 import Stage1DataModule
 from cascade.data.stage2 import Stage2DataModule
 from cascade.data.synthetic import write_dataset
@@ -239,6 +239,88 @@ def loading_rows(
     return rows
 
 
+def case_bytes(cache: PreprocessCache, case_id: str) -> int:
+    """Bytes a case takes in `cache`: its folder (image, label, class locations, meta) and
+    its priors."""
+    folder = cache.folder / "cases" / case_id
+    files = [*folder.iterdir(), *(cache.folder / "priors").glob(f"*/{case_id}.npy")]
+    return sum(path.stat().st_size for path in files if path.is_file())
+
+
+def earlier_format_copy(cache: PreprocessCache, root: Path) -> PreprocessCache:
+    """A copy of `cache` under `root` in the format before cache version 5: float32 images
+    and float16 priors (read by the same code, which follows the stored dtypes)."""
+    copy = PreprocessCache(root, cache.settings)
+    shutil.copytree(cache.folder, copy.folder)
+    for case_id in copy.case_ids():
+        image = np.asarray(cache.image(case_id), dtype=np.float32)
+        _save(copy.folder / "cases" / case_id / "image.npy", image)
+    for path in (cache.folder / "priors").glob("*/*.npy"):
+        prior = prior_probabilities(np.load(path, mmap_mode="r")).astype(np.float16)
+        _save(copy.folder / "priors" / path.parent.name / path.name, prior)
+    return copy
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as stream:
+        np.save(stream, array, allow_pickle=False)
+
+
+def cache_format_rows(
+    cfg: DictConfig,
+    cache: PreprocessCache,
+    tag: str,
+    root: Path,
+    workers: int,
+    stage2_batches: int | None,
+    label: str,
+) -> list[dict[str, Any]]:
+    """Bytes per case of the cache as written now (float16 images, uint8 priors) and in the
+    format before (float32, float16), from the same arrays; with `stage2_batches`, the Stage-2
+    loader's patches/s on each, alternating, best of two."""
+    ids = cache.case_ids()
+    earlier = earlier_format_copy(cache, root)
+    formats = {
+        "before (v4): float32 images, float16 priors": earlier,
+        f"now (v{CACHE_VERSION}): float16 images, uint8 priors": cache,
+    }
+    rows = []
+    before_bytes = None
+    for name, store in formats.items():
+        per_case = sum(case_bytes(store, case_id) for case_id in ids) / len(ids)
+        before_bytes = before_bytes or per_case
+        rows.append(
+            {
+                "name": f"cache bytes per case, {name}",
+                "setting": f"{len(ids)} case(s): {label}",
+                "MB/case": per_case / 1e6,
+                "x before": per_case / before_bytes,
+            }
+        )
+    if stage2_batches:
+        stage2 = cfg.data.stage2
+        epoch = (stage2_batches + 1) * stage2.batch_size
+        rates: dict[str, list[float]] = {name: [] for name in formats}
+        for _ in range(2):
+            for name, store in formats.items():
+                datamodule, _ = stage2_loader(cfg, store, ids, tag, workers, epoch)
+                rate = _loader_rate(datamodule.train_dataloader(), stage2_batches)
+                rates[name].append(rate["items/s"])
+        before_rate = None
+        for name, values in rates.items():
+            before_rate = before_rate or max(values)
+            rows.append(
+                {
+                    "name": f"Stage-2 patches, {workers} workers, cache {name}",
+                    "setting": f"{len(ids)} cases {label}, best of {len(values)}",
+                    "items/s": max(values),
+                    "x before": max(values) / before_rate,
+                }
+            )
+    shutil.rmtree(earlier.folder, ignore_errors=True)
+    return rows
+
+
 def stage2_breakdown(
     cfg: DictConfig, cache: PreprocessCache, tag: str, repeats: int
 ) -> tuple[list[dict[str, Any]], str]:
@@ -259,7 +341,7 @@ def stage2_breakdown(
         _, centre = patches.draw_centre(case_id)
         window = patches.window(case_id, centre)
         drawn = clock()
-        batch = empty_patches(1, patches.patch_size, True, patches.num_classes)
+        batch = empty_patches(1, patches.patch_size, True, patches.num_classes, patches.prior_dtype)
         patches.read(case_id, window, {key: value[0] for key, value in batch.items()})
         read = clock()
         sent = sum(tensor.numel() * tensor.element_size() for tensor in batch.values())
@@ -279,7 +361,7 @@ def stage2_breakdown(
     perturbation = datamodule.perturbation
     if perturbation is not None:
         size = cfg.data.stage2.batch_size
-        prior = PatchBatches(patches)[list(range(size))]["prior"].float()
+        prior = batch_probabilities(PatchBatches(patches)[list(range(size))]["prior"])
         seconds = []
         for _ in range(4 * repeats):
             start = clock()
