@@ -48,6 +48,10 @@ class SyntheticConfig:
 @dataclass
 class EvaluationConfig:
     overlay_cases: int = MISSING
+
+
+@dataclass
+class PostprocessingConfig:
     min_enhancing_voxels: int | None = MISSING
 
 
@@ -200,6 +204,7 @@ class TrainConfig:
     fit: FitConfig = field(default_factory=FitConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    postprocessing: PostprocessingConfig = field(default_factory=PostprocessingConfig)
 
 
 def register_schemas() -> None:
@@ -382,7 +387,7 @@ RULES: dict[str, Rule] = {
     "trainer.stage2.max_epochs": at_least(1),
     "trainer.stage2.check_val_every_n_epoch": optional(at_least(1)),
     "evaluation.overlay_cases": at_least(0),
-    "evaluation.min_enhancing_voxels": optional(at_least(0)),
+    "postprocessing.min_enhancing_voxels": optional(at_least(0)),
 }
 
 

@@ -26,7 +26,7 @@ EXPERIMENTS = {
     "net_typo": "model:\n  stage2:\n    filtres: 8\n",
     "trainer_typo": "trainer:\n  stage2:\n    max_epoch: 3\n",
     "patch_typo": "data:\n  stage2:\n    patch_sise: [48, 48, 48]\n",
-    "evaluation_typo": "evaluation:\n  min_enhancing_voxel: 8\n",
+    "postprocessing_typo": "postprocessing:\n  min_enhancing_voxel: 8\n",
     "huge_patch": "defaults:\n  - smoke\n\ndata:\n  stage2:\n    patch_size: [128, 128, 128]\n",
 }
 
@@ -90,9 +90,9 @@ def test_valid_configs_pass(overrides) -> None:
             "in experiment/patch_typo",
         ),
         (
-            "evaluation_typo",
-            "unknown key evaluation.min_enhancing_voxel "
-            "(did you mean evaluation.min_enhancing_voxels?), in experiment/evaluation_typo",
+            "postprocessing_typo",
+            "unknown key postprocessing.min_enhancing_voxel "
+            "(did you mean postprocessing.min_enhancing_voxels?), in experiment/postprocessing_typo",
         ),
         (
             "huge_patch",

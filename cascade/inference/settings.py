@@ -30,7 +30,7 @@ class InferenceSettings:
     slab_batch_size: int  # Stage-1 slabs per forward pass on a GPU
     cpu_slab_batch_size: int  # and on a CPU
     tta: bool  # 8x mirroring by default
-    min_enhancing_voxels: int | None  # post-processing the run's evaluation applied
+    min_enhancing_voxels: int | None  # the run's post-processing
     labels: str  # the label scheme the nets were trained on
 
     @classmethod
@@ -48,7 +48,7 @@ class InferenceSettings:
             slab_batch_size=inference.slab_batch_size,
             cpu_slab_batch_size=inference.cpu_slab_batch_size,
             tta=inference.tta,
-            min_enhancing_voxels=cfg.evaluation.min_enhancing_voxels,
+            min_enhancing_voxels=cfg.postprocessing.min_enhancing_voxels,
             labels=cfg.data.labels,
         )
 
