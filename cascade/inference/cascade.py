@@ -36,7 +36,10 @@ MIRROR_AXES: tuple[tuple[int, ...], ...] = tuple(
 
 
 def mirrored_softmax(
-    net: nn.Module, windows: Tensor, mirror: bool, autocast: bool | torch.dtype | None
+    net: Callable[[Tensor], Tensor],
+    windows: Tensor,
+    mirror: bool,
+    autocast: bool | torch.dtype | None,
 ) -> Tensor:
     """float32 softmax of `net` on (B, C, *patch) windows; with `mirror`, the mean over the 8
     mirrorings, each flipped back (test-time augmentation as nnU-Net does it). `autocast`: a
@@ -132,6 +135,10 @@ class CascadePredictor:
         self.device = torch.device(device)
         self.stage1_net = stage1_net.to(self.device).eval()
         self.stage2_net = stage2_net.to(self.device).eval()
+        # The net's own forward, not its __call__: a net compiled in place for training
+        # (model.compile) would compile again for inference, 100 s for the first case on a CPU
+        # and a minute on a GPU, where compiled prediction is no faster (experiments/bench).
+        self._stage2_forward = self.stage2_net.forward
         self.mix = mix.to(self.device).eval()
         if not isinstance(preprocessing, Preprocessor):
             preprocessing = Preprocessor(preprocessing)
@@ -279,7 +286,7 @@ class CascadePredictor:
 
     def _mixed_windows(self, windows: Tensor) -> Tensor:
         """(B, 4 + classes, *patch) image + prior windows -> (B, classes, *patch) mixed."""
-        stage2 = mirrored_softmax(self.stage2_net, windows, self.tta, self.autocast)
+        stage2 = mirrored_softmax(self._stage2_forward, windows, self.tta, self.autocast)
         return self.mix(stage2, windows[:, len(MODALITIES) :].float())
 
     def _synchronize(self) -> None:

@@ -210,3 +210,16 @@ def test_mirroring_tta(case):
     constant = make_predictor(IntensityStage1(3.0), ConstantStage2(2), tta=True, stage1_tta=True)
     no_tta = make_predictor(IntensityStage1(3.0), ConstantStage2(2))
     np.testing.assert_array_equal(constant.predict(case).labels, no_tta.predict(case).labels)
+
+
+def test_a_net_compiled_in_place_for_training_predicts_eagerly(case):
+    """model.compile compiles the Stage-2 net in place; prediction must not compile it again."""
+    stage2 = tiny_stage2()
+
+    def compiled_call(*args, **kwargs):
+        raise AssertionError("the compiled call ran")
+
+    stage2._compiled_call_impl = compiled_call  # what nn.Module.compile() sets
+    predictor = make_predictor(IntensityStage1(threshold=3.0), stage2)
+    prediction = predictor.predict(case)
+    assert prediction.stage2_box is not None and stage2.windows > 0
