@@ -66,7 +66,7 @@ def test_overrides_after_the_sections_are_overrides_and_unknown_sections_fail() 
     args = _parse(["--sections", "inference", "model.inference.slab_batch_size=64", "seed=1"])
     assert args.sections == ["inference"]
     assert args.overrides == ["model.inference.slab_batch_size=64", "seed=1"]
-    assert "compile" not in _parse([]).sections  # only when named
+    assert "compile" not in _parse([]).sections and "candidates" not in _parse([]).sections
     with pytest.raises(SystemExit):
         _parse(["--sections", "networks", "speed"])
 
@@ -83,3 +83,15 @@ def test_case_option_takes_one_labelled_case(tmp_path, write_case) -> None:
         _labelled_case(tmp_path / "unlabelled")
     with pytest.raises(SystemExit, match="no such folder"):
         _labelled_case(tmp_path / "empty-folder-that-does-not-exist")
+
+
+def test_cpu_candidates_are_timed_against_eager_fp32() -> None:
+    from cascade.bench.cpu_candidates import candidate_rows
+    from cascade.bench.measure import compose
+
+    smoke = compose(["+experiment=smoke"])
+    rows = {row["name"]: row for row in candidate_rows(smoke, "smoke", 1, compile=False)}
+    assert rows["Stage 1 slab: eager fp32 (--exact)"]["x eager fp32"] == 1.0
+    assert rows["Stage 1 slab: channels_last fp32"]["max |logit diff|"] < 1e-3
+    assert rows["Stage 2 window: eager fp32 (--exact)"]["ms"] > 0
+    assert all(row["ms"] > 0 and row["x eager fp32"] > 0 for row in rows.values())

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from cascade.bench import inference, loading, networks
+from cascade.bench import cpu_candidates, inference, loading, networks
 from cascade.bench.measure import compose, machine, median, time_calls
 from cascade.bench.report import write_report
 from cascade.data.discovery import discover_cases
@@ -29,7 +29,9 @@ from cascade.data.errors import CaseError
 from cascade.data.labels import DEFAULT_SCHEME
 from cascade.pipeline.stages import build_loss
 
-SECTIONS = ("preprocessing", "loading", "networks", "inference", "profile", "compile")
+SECTIONS = ("preprocessing", "loading", "networks", "inference", "profile", "compile", "candidates")
+# sections that run only when named
+ON_REQUEST = ("compile", "candidates")
 PRIOR_TAG = "bench"
 
 # Reduced sizes where no GPU is present, so a step takes seconds, not minutes.
@@ -67,9 +69,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sections",
         nargs="+",
-        default=[section for section in SECTIONS if section != "compile"],
+        default=[section for section in SECTIONS if section not in ON_REQUEST],
         help=f"some of: {', '.join(SECTIONS)}; compile (torch.compile of the Stage-2 step) "
-        "runs only when named",
+        "and candidates (ways to run the nets faster on a CPU) run only when named",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. seed=1")
     args = parser.parse_args(argv)
@@ -138,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         cases = loading.synthetic_cases(cfg, workdir / "raw", case_count)
         generation = time.perf_counter() - start
-        needs_cache = set(args.sections) - {"preprocessing", "networks"}
+        needs_cache = set(args.sections) - {"preprocessing", "networks", "candidates"}
         cache = loading.build_cache(cfg, cases, workdir / "cache") if needs_cache else None
         if cache is not None:
             loading.write_priors(cache, cache.case_ids(), PRIOR_TAG, cfg.seed)
@@ -225,6 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "note": "The Stage-2 step eager and compiled ('first step s' includes the "
                 "compilation): model.compile.",
                 "rows": rows,
+            }
+            report(sections)
+
+        if "candidates" in args.sections:
+            experiment = experiments[names[-1]]
+            sections["7. CPU candidates (one Stage-1 slab, one Stage-2 window)"] = {
+                "note": cpu_candidates.__doc__.split("\n\n", 1)[1].replace("\n", " ").strip(),
+                "rows": cpu_candidates.candidate_rows(experiment, names[-1]),
             }
             report(sections)
 
