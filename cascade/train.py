@@ -37,8 +37,8 @@ def _train(cfg: DictConfig) -> float | None:
     from cascade.cores import size_training
     from cascade.data.cases import CaseError
     from cascade.pipeline import run
+    from cascade.pipeline.errors import StageError
     from cascade.pipeline.prepare import DataError
-    from cascade.pipeline.stages import StageError
 
     size_training(cfg)  # torch threads and loader workers within this job's cores
     try:

@@ -91,8 +91,8 @@ def test_valid_configs_pass(overrides) -> None:
         ),
         (
             "postprocessing_typo",
-            "unknown key postprocessing.min_enhancing_voxel "
-            "(did you mean postprocessing.min_enhancing_voxels?), in experiment/postprocessing_typo",
+            "unknown key postprocessing.min_enhancing_voxel (did you mean "
+            "postprocessing.min_enhancing_voxels?), in experiment/postprocessing_typo",
         ),
         (
             "huge_patch",

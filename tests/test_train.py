@@ -152,7 +152,7 @@ class _Steps(L.Callback):
 
 
 def test_an_interrupted_stage2_fit_resumes_from_its_checkpoint(smoke_run) -> None:
-    from cascade.pipeline import prepare, stages
+    from cascade.pipeline import folders, prepare, stages
 
     cache, run = smoke_run
     register_resolvers()
@@ -163,8 +163,9 @@ def test_an_interrupted_stage2_fit_resumes_from_its_checkpoint(smoke_run) -> Non
     train_ids, val_ids, _ = prepare.prepare_split(cases, cfg.data.split, run)
     store, cases, scheme = prepare.prepare_cache(cases, cfg.preprocessing, cache, cfg.data.labels)
     _, weights = stages.fit_stage1(cfg, scheme, store, train_ids, val_ids, None)
-    tag = stages.file_tag(weights)
-    folder = stages.stage2_folder(cfg, tag, train_ids, val_ids, store.identity(train_ids + val_ids))
+    tag = folders.file_tag(weights)
+    identity = store.identity(train_ids + val_ids)
+    folder = folders.stage2_folder(cfg, tag, train_ids, val_ids, identity)
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         stages.fit_stage2(cfg, scheme, store, train_ids, val_ids, tag, None, [_CrashAtEpoch(2)])

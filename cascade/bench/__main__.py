@@ -27,7 +27,7 @@ from cascade.bench.report import write_report
 from cascade.data.discovery import discover_cases
 from cascade.data.errors import CaseError
 from cascade.data.labels import DEFAULT_SCHEME
-from cascade.pipeline.stages import build_loss
+from cascade.pipeline.composition import build_loss
 
 SECTIONS = ("preprocessing", "loading", "networks", "inference", "profile", "compile", "candidates")
 # sections that run only when named

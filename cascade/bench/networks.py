@@ -23,7 +23,7 @@ from cascade.bench.measure import (
     time_calls,
 )
 from cascade.data.labels import DEFAULT_SCHEME
-from cascade.pipeline.stages import build_loss
+from cascade.pipeline.composition import build_loss
 
 # The bench measures the four-class BraTS 2020 scheme of the paper.
 NUM_CLASSES = DEFAULT_SCHEME.num_classes

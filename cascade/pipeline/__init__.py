@@ -15,8 +15,10 @@ from cascade.config import export_job_for_ddp_children
 from cascade.inference.settings import InferenceSettings
 from cascade.loggers import build_logger
 from cascade.pipeline.evaluation import evaluate_cases, format_metrics, run_metrics, write_outputs
+from cascade.pipeline.folders import file_tag
 from cascade.pipeline.prepare import prepare_cache, prepare_cases, prepare_split
-from cascade.pipeline.stages import file_tag, fit_stage1, fit_stage2, write_stage1_priors
+from cascade.pipeline.priors import write_stage1_priors
+from cascade.pipeline.stages import fit_stage1, fit_stage2
 from cascade.ranks import is_global_zero, set_rank_from_environment
 from cascade.viz import save_alpha_curve
 

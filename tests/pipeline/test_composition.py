@@ -9,7 +9,8 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from cascade.config import CONFIG_DIR, register_resolvers
-from cascade.pipeline.stages import build, build_trainer, stage1_folder
+from cascade.pipeline.composition import build, build_trainer
+from cascade.pipeline.folders import stage1_folder
 
 
 def _config(*overrides: str):
