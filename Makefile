@@ -26,8 +26,17 @@ install: $(VENV)/.installed ## create .venv and install the project with its dev
 test: install ## run the fast test suite (CPU)
 	WANDB_MODE=disabled $(BIN)/python -m pytest
 
-demo: install ## train and evaluate the cascade on generated synthetic cases (CPU, a few minutes)
-	$(BIN)/python -m cascade.train +experiment=smoke
+# The demo's run folder, and a real case it is tested on when one is there (BraTS 2020 naming).
+DEMO_RUN ?= outputs/demo
+REAL_CASE ?= ../shared/data/real/TCGA-FG-6692
+
+demo: install ## train the cascade on generated MRI-like cases at full resolution (CPU, ~12 min), test it on REAL_CASE
+	$(BIN)/python -m cascade.train +experiment=demo hydra.run.dir=$(DEMO_RUN)
+	@if [ -d "$(REAL_CASE)" ]; then \
+		$(BIN)/python -m cascade.predict --checkpoint $(DEMO_RUN)/cascade.ckpt --input $(REAL_CASE) \
+			--output $(DEMO_RUN)/real --overlays --overwrite && \
+		$(BIN)/python -m cascade.evaluate --predictions $(DEMO_RUN)/real --labels $(REAL_CASE); \
+	fi
 
 lint: install ## check style with ruff
 	$(BIN)/ruff check cascade tests
