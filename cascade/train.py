@@ -1,8 +1,8 @@
 """Train the cascade: ``python -m cascade.train [experiment=NAME] [key=value ...]``.
 
-Checks the config (``cascade.schema``), discovers and checks the data, preprocesses it once into
-the cache, fits Stage 1, writes its priors, fits Stage 2 and evaluates the validation cases; see
-``cascade.pipeline``.
+Checks the config (``cascade.config.check``), discovers and checks the data, preprocesses it once
+into the cache, fits Stage 1, writes its priors, fits Stage 2 and evaluates the validation cases;
+see ``cascade.pipeline``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from cascade.config import (
     pin_ddp_child_to_parent_job,
     register_resolvers,
 )
-from cascade.schema import ConfigError, check_config
+from cascade.config.check import ConfigError, check_config
 
 # what a config error exits with, as argparse does for a bad command line
 CONFIG_ERROR_STATUS = 2

@@ -14,9 +14,10 @@ from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from cascade.schema import did_you_mean, register_schemas, unknown_key
+from cascade.config.schema import register_schemas
+from cascade.config.suggestions import did_you_mean, unknown_key
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # Set by rank 0 before Lightning starts the other DDP ranks by re-running the command line.
 _DDP_JOB_ENV = "CASCADE_DDP_JOB"
@@ -40,7 +41,7 @@ def _modality_count() -> int:
 
 
 def register_resolvers() -> None:
-    """What composing conf/ needs: the schema of train.yaml (``cascade.schema``) and the
+    """What composing conf/ needs: the schema of train.yaml (``cascade.config.schema``) and the
     resolvers of derived sizes, ``${mul:a,b}``, ``${add:a,b}``, ``${modality_count:}`` (Stage 1's
     input channels, modalities x slab depth; Stage 2's, modalities + classes) and
     ``${label_classes:scheme}``."""
@@ -87,7 +88,6 @@ def experiment_without_plus(overrides: list[str]) -> list[str]:
     ``experiment: null`` slot, which Hydra would refuse to append to ("Could not append"), and
     ``+experiment=NAME`` is the form many Hydra projects document."""
     return [item[1:] if item.startswith("+experiment=") else item for item in overrides]
-
 
 
 def composition_error_line(error: Exception) -> str:

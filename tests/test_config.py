@@ -19,7 +19,7 @@ from cascade.config import (
     experiment_without_plus,
     register_resolvers,
 )
-from cascade.schema import ConfigError, check_config
+from cascade.config.check import ConfigError, check_config
 
 # Experiment files outside conf/, found through hydra.searchpath, each with one mistake.
 EXPERIMENTS = {
