@@ -35,8 +35,6 @@ import json
 import logging
 import os
 import shutil
-import socket
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,7 @@ from cascade.data.cases import Case
 from cascade.data.labels import LabelScheme
 from cascade.data.patches import PRIOR_STEPS, sample_class_locations
 from cascade.data.preprocess import CaseMeta, Preprocessor, preprocess_case
+from cascade.io import atomic_path, remove_stale_temporaries, temporary_sibling, write_text_atomic
 
 # Part of the hashed settings: bump it when the stored arrays change meaning, so old caches
 # are not reused by new code.
@@ -64,7 +63,6 @@ HASH_LENGTH = 12
 COMPLETE = "complete"
 SOURCE = "source.json"
 CLASS_LOCATIONS = "class_locations.npz"
-_TEMP_PREFIX = ".tmp-"
 
 
 def settings_hash(settings: Mapping[str, Any]) -> str:
@@ -85,11 +83,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _temp_name(name: str) -> str:
-    """Temporary sibling name that says which host and process is writing it."""
-    return f"{_TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -187,7 +180,7 @@ class PreprocessCache:
             self._say_what_is_not_reused()
         (self.folder / "cases").mkdir(parents=True, exist_ok=True)
         self._write_settings()
-        self._remove_stale_temporaries(self.folder / "cases")
+        remove_stale_temporaries(self.folder / "cases")
         description = f"preprocess ({len(cases) - len(todo)} of {len(cases)} cached)"
         for case in tqdm(todo, desc=description, unit="case", disable=not progress):
             with FileLock(self._lock_path(case.case_id)):
@@ -207,7 +200,7 @@ class PreprocessCache:
         identity of the files it came from; the priors of an earlier version of it go."""
         final = self._case_folder(meta.case_id)
         final.parent.mkdir(parents=True, exist_ok=True)
-        temporary = final.parent / _temp_name(meta.case_id)
+        temporary = temporary_sibling(final)
         temporary.mkdir()
         try:
             _save_npy(temporary / "image.npy", np.ascontiguousarray(image, dtype=IMAGE_DTYPE))
@@ -251,22 +244,7 @@ class PreprocessCache:
         path = self.folder / "settings.json"
         if path.is_file():
             return
-        temporary = self.folder / _temp_name("settings.json")
-        temporary.write_text(json.dumps(self.settings, indent=1, sort_keys=True))
-        os.replace(temporary, path)
-
-    @staticmethod
-    def _remove_stale_temporaries(folder: Path) -> None:
-        """Delete temporaries left by killed processes of this host (not by running ones)."""
-        prefix = f"{_TEMP_PREFIX}{socket.gethostname()}-"
-        for path in folder.glob(f"{prefix}*"):
-            pid = path.name[len(prefix) :].split("-", 1)[0]
-            if not pid.isdigit() or _process_alive(int(pid)):
-                continue
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+        write_text_atomic(path, json.dumps(self.settings, indent=1, sort_keys=True))
 
     def case_ids(self) -> list[str]:
         """Ids of the complete cases, sorted."""
@@ -349,12 +327,8 @@ class PreprocessCache:
                 )
         path = self._prior_path(case_id, tag)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.parent / _temp_name(path.name)
-        try:
+        with atomic_path(path) as temporary:
             _save_npy(temporary, quantise_prior(prior))
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
 
     def prior(self, case_id: str, tag: str) -> np.ndarray:
         """Memory-mapped uint8 (classes, x, y, z) probabilities x 255, read-only; see
@@ -402,12 +376,4 @@ def _same_classes(stored: LabelScheme, wanted: LabelScheme, values: Sequence[int
         stored.to_classes(np.asarray(values)), wanted.to_classes(np.asarray(values))
     )
 
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
     return True

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from cascade.data.cases import MODALITIES
 from cascade.data.labels import SCHEMES
+from cascade.io import atomic_path
 
 BRATS_SHAPE = (240, 240, 155)
 MIN_SIZE = 24  # smaller volumes leave no room for cortex, ventricles and a tumor
@@ -468,25 +468,19 @@ def _case_files(folder: Path, name: str) -> dict[str, Path]:
 
 
 def _save_atomic(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write a .nii.gz under a temporary name in the same folder, then rename it into place.
-
-    The temporary name does not end in .nii.gz, so an interrupted write is never taken for a case.
-    """
+    """Write a .nii.gz atomically; its hidden temporary is never taken for a case (discovery
+    skips hidden files)."""
     image = nib.Nifti1Image(array, affine)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     image.header.set_xyzt_units("mm", "sec")
-    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    try:
-        # Level 1 like nibabel's default; mtime 0 keeps the files identical across runs.
-        with (
-            open(partial, "wb") as raw,
-            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as compressed,
-        ):
-            compressed.write(image.to_bytes())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    # level 1 like nibabel's default; mtime 0 keeps the files identical across runs
+    with (
+        atomic_path(path) as temporary,
+        open(temporary, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as compressed,
+    ):
+        compressed.write(image.to_bytes())
 
 
 GENERATORS = ("phantom", "realistic")
