@@ -19,6 +19,7 @@ import torch
 import torchio as tio
 from torch import Tensor, nn
 
+from cascade.boxes import Box, bounding_box
 from cascade.data.cases import MODALITIES, Case
 from cascade.data.geometry import probabilities_onto_grid
 from cascade.data.labels import DEFAULT_SCHEME, LabelScheme, writing_scheme
@@ -27,7 +28,7 @@ from cascade.data.transforms import uncrop
 from cascade.inference.multiview import predict_prior
 from cascade.inference.postprocess import suppress_small_enhancing
 from cascade.inference.precision import autocast_dtype
-from cascade.inference.sliding import Box, evaluated_region, sliding_window_predict
+from cascade.inference.sliding import evaluated_region, sliding_window_predict
 
 # Every subset of the three spatial axes of a (B, C, X, Y, Z) batch: the 8 mirrorings.
 MIRROR_AXES: tuple[tuple[int, ...], ...] = tuple(
@@ -82,16 +83,7 @@ class Prediction:
 
 def tumor_box(classes: Tensor, margin: int) -> Box | None:
     """Bounding box of classes != 0 in an (X, Y, Z) map, grown by `margin` voxels and clipped."""
-    tumor = classes != 0
-    if not bool(tumor.any()):
-        return None
-    box = []
-    for axis in range(3):
-        others = [other for other in (2, 1, 0) if other != axis]
-        present = tumor.any(dim=others[0]).any(dim=others[1]).nonzero().flatten()
-        first, last = int(present[0]), int(present[-1])
-        box.append((max(0, first - margin), min(tumor.shape[axis], last + 1 + margin)))
-    return tuple(box)  # type: ignore[return-value]
+    return bounding_box(classes != 0, margin)
 
 
 class CascadePredictor:

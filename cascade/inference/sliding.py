@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+from cascade.boxes import Box
+
 PredictPatches = Callable[[Tensor], Tensor]
 
 
