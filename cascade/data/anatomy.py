@@ -73,6 +73,7 @@ class Placement:
     warp_cell_mm: float
     warp_mm: float
     seed: int
+    atrophy: float = 0.0  # 0: the template's CSF; towards 1: wider sulci and ventricles
 
 
 def draw_placement(rng: np.random.Generator, shape: Sequence[int]) -> Placement:
@@ -96,6 +97,8 @@ def draw_placement(rng: np.random.Generator, shape: Sequence[int]) -> Placement:
         warp_cell_mm=float(rng.uniform(25.0, 40.0)),
         warp_mm=float(rng.uniform(2.0, 4.5)),
         seed=int(rng.integers(2**31)),
+        # Glioma patients are older than the template's young adults: more CSF.
+        atrophy=float(rng.uniform(0.0, 0.6)),
     )
 
 
@@ -204,6 +207,15 @@ def resample_anatomy(
     maps["wm"] /= tissue
     csf = 1.0 - maps["gm"] - maps["wm"]
     csf[~inside] = 0.0
+    np.clip(csf, 0.0, 1.0, out=csf)
+    if placement.atrophy > 0:
+        # Atrophy widens the CSF spaces where there is CSF: partial voxels become more CSF.
+        wider = csf ** np.float32(1.0 - placement.atrophy)
+        kept = (1.0 - wider) / np.maximum(1.0 - csf, 1e-6)
+        maps["gm"] *= kept
+        maps["wm"] *= kept
+        maps["ventricles"] *= wider / np.maximum(csf, 1e-6)
+        csf = wider
     np.minimum(maps["ventricles"], csf, out=maps["ventricles"])
     brain[~inside] = 0.0
     # Template millimetres are about the case's: the scaling is within 15%.
