@@ -204,15 +204,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 }
                 notes.append(f"inference on the case {case.case_id} read from {args.case}")
-            section = _inference(
-                smoke, experiments[names[-1]], names[-1], case, case_cache, device, quick, args.full
-            )
+            title = "4. Inference per case (CascadePredictor timings)"
+            guard = None
             if args.checkpoint is not None and device.type == "cpu":
-                section["rows"] += inference.trained_guard_rows(
-                    args.checkpoint, case, device, torch.get_num_threads()
-                )
-            sections["4. Inference per case (CascadePredictor timings)"] = section
-            report(sections)
+                threads = torch.get_num_threads()
+
+                def guard(checkpoint=args.checkpoint, case=case, threads=threads):
+                    return inference.trained_guard_rows(checkpoint, case, device, threads)
+
+            def publish(section: dict, title: str = title) -> None:
+                sections[title] = section
+                report(sections)
+
+            _inference(
+                smoke,
+                experiments[names[-1]],
+                names[-1],
+                case,
+                case_cache,
+                device,
+                quick,
+                args.full,
+                publish,
+                guard,
+            )
 
         if "profile" in args.sections:
             sections["5. Profiles of the hot paths"] = _profiles(
@@ -256,37 +271,15 @@ def _labelled_case(folder: Path):
     return cases[0]
 
 
-def _inference(smoke, experiment, name, case, cache, device, quick: bool, full: bool) -> dict:
+def _inference(
+    smoke, experiment, name, case, cache, device, quick: bool, full: bool, publish, guard
+) -> None:
     """The cascade's per-case timings (small nets on the CPU, the configured ones on a GPU or
-    with --full) and nnU-Net's network over the whole case."""
+    with --full, where a CPU runs only those), a trained checkpoint's accuracy guard (`guard`)
+    and nnU-Net's network over the whole case; `publish` gets the section after each part, so
+    a run cut short keeps what it measured."""
     cuda = device.type == "cuda"
-    rows = []
-    # (roi_only, tta, fast): on a CPU each ROI variant exact (eager fp32) and on the fast path
-    exact_and_fast = [(True, False, False), (True, False, True)]
-    if not quick:
-        exact_and_fast += [(True, True, False), (True, True, True)]
-    if not cuda:
-        variants = [*exact_and_fast[:2], (False, False, False), *exact_and_fast[2:]]
-        rows += inference.inference_rows(smoke, "smoke", case, cache, device, 1, variants)
-    if cuda or full:
-        # the paper-size full-volume row (5 min on one CPU thread) only where a GPU runs it
-        variants = [(True, False), (False, False), (True, True)] if cuda else exact_and_fast
-        repeats = 3 if cuda else 1
-        paper = inference.inference_rows(experiment, name, case, cache, device, repeats, variants)
-        rows += paper
-    if not quick and networks.installed("dynamic_network_architectures"):
-        fp16 = str(experiment.trainer.precision).startswith("16")
-        tta = (False, True) if cuda or full else (False,)
-        nnunet = inference.nnunet_window_rows(cache, case.case_id, device, fp16, tta)
-        rows += nnunet
-        if cuda or full:
-            # the goal: the cascade's network time against nnU-Net's, with and without TTA
-            whole_case = {"8x TTA" in row["name"]: row["network s"] for row in nnunet}
-            for row in paper:
-                mirrored = "8x TTA" in row["name"]
-                if "ROI" in row["name"] and mirrored in whole_case:
-                    row["x nnU-Net"] = row["network s"] / whole_case[mirrored]
-    return {
+    section = {
         "note": "Untrained nets find no tumor, so the Stage-2 region is forced to the case's "
         "true tumor box plus roi_margin (the predictor's `roi` argument). 'network s' is "
         "Stage 1 + Stage 2 (the cascade) or the sliding window alone (nnU-Net); reading and "
@@ -295,8 +288,41 @@ def _inference(smoke, experiment, name, case, cache, device, quick: bool, full: 
         "over the exact (eager fp32) row's, 'guard' its WT/TC/ET Dice against that row's "
         "segmentation; 'x nnU-Net' the network time over nnU-Net's (eager fp32 on a CPU, "
         "the same threads).",
-        "rows": rows,
+        "rows": [],
     }
+    rows = section["rows"]
+    # (roi_only, tta, fast): on a CPU each ROI variant exact (eager fp32) and on the fast path
+    exact_and_fast = [(True, False, False), (True, False, True)]
+    if not quick:
+        exact_and_fast += [(True, True, False), (True, True, True)]
+    if not cuda and not full:
+        variants = [*exact_and_fast[:2], (False, False, False), *exact_and_fast[2:]]
+        rows += inference.inference_rows(smoke, "smoke", case, cache, device, 1, variants)
+        publish(section)
+    paper = []
+    if cuda or full:
+        # the paper-size full-volume row (5 min on one CPU thread) only where a GPU runs it
+        variants = [(True, False), (False, False), (True, True)] if cuda else exact_and_fast
+        repeats = 3 if cuda else 1
+        paper = inference.inference_rows(experiment, name, case, cache, device, repeats, variants)
+        rows += paper
+        publish(section)
+    if guard is not None:
+        rows += guard()
+        publish(section)
+    if not quick and networks.installed("dynamic_network_architectures"):
+        fp16 = str(experiment.trainer.precision).startswith("16")
+        whole_case = {}
+        for tta in (False, True) if cuda or full else (False,):
+            nnunet = inference.nnunet_window_rows(cache, case.case_id, device, fp16, (tta,))
+            rows += nnunet
+            whole_case[tta] = nnunet[0]["network s"]
+            # the goal: the cascade's network time against nnU-Net's, with and without TTA
+            for row in paper:
+                if "ROI" in row["name"] and ("8x TTA" in row["name"]) == tta:
+                    row["x nnU-Net"] = row["network s"] / whole_case[tta]
+            publish(section)
+    publish(section)
 
 
 def _profiles(cfg, experiment, smoke, cache, sizes, device, quick) -> dict:
