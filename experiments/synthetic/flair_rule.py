@@ -33,8 +33,10 @@ def main() -> None:
     truth = np.asanyarray(nib.load(folder / f"{case}_seg.nii.gz").dataobj) > 0
     predicted = flair_rule(flair)
     dice = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
-    print(f"{case}: FLAIR rule WT Dice {dice:.3f} ({predicted.sum() / 1000:.1f} mL predicted, "
-          f"{truth.sum() / 1000:.1f} mL true)")
+    print(
+        f"{case}: FLAIR rule WT Dice {dice:.3f} ({predicted.sum() / 1000:.1f} mL predicted, "
+        f"{truth.sum() / 1000:.1f} mL true)"
+    )
 
 
 if __name__ == "__main__":

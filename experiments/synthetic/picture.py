@@ -60,27 +60,22 @@ def main() -> None:
             (real["flair"] > np.percentile(real["flair"][real["flair"] > 0], 98)).sum(axis=(0, 1))
         )
     )
-    rows = [
-        ("generated", case.images, case.label, z_gen),
-        ("real TCGA-FG-6692", real, None, z_real),
-    ]
+    prediction = None
     if args.prediction is not None:
         prediction = np.asanyarray(nib.load(args.prediction).dataobj).astype(np.uint8)
-        rows.append(("real, model's segmentation", real, prediction, z_real))
+    rows = [
+        ("generated", case.images, case.label, z_gen, "generated: its label on FLAIR"),
+        ("real TCGA-FG-6692", real, prediction, z_real, "real: the model's segmentation"),
+    ]
     columns = len(MODALITIES) + 1
     figure, axes = plt.subplots(len(rows), columns, figsize=(2.6 * columns, 2.9 * len(rows)))
-    for row, (title, images, label, z) in zip(axes, rows, strict=True):
+    for row, (title, images, label, z, label_title) in zip(axes, rows, strict=True):
         for axis, modality in zip(row, MODALITIES, strict=False):
             axis.imshow(_axial(_window(images[modality]), z), cmap="gray")
             axis.set_title(f"{title}: {modality}", fontsize=8)
         if label is not None:
             row[-1].imshow(_axial(_overlay(images["flair"], label), z))
-            row[-1].set_title(
-                f"{title}: label on FLAIR"
-                if args.prediction is None or title == "generated"
-                else "prediction on FLAIR",
-                fontsize=8,
-            )
+            row[-1].set_title(label_title, fontsize=8)
         for axis in row:
             axis.axis("off")
     figure.tight_layout()
