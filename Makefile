@@ -47,7 +47,7 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff format cascade tests
 
 bench: install ## measure speed and memory, write experiments/bench/
-	$(BIN)/python -m cascade.bench
+	$(BIN)/python -m experiments.bench
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

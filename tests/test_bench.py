@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from cascade.bench.__main__ import main
+from experiments.bench.__main__ import main
 
 
 def test_quick_bench_writes_json_and_markdown(tmp_path):
@@ -22,7 +22,7 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
 
     report = json.loads((out / "bench.json").read_text())
     header = report["header"]
-    assert header["command"].startswith("python -m cascade.bench --quick")
+    assert header["command"].startswith("python -m experiments.bench --quick")
     assert header["machine"]["torch"] == torch.__version__
     assert header["machine"]["device"] in (
         "cpu",
@@ -53,7 +53,7 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
         assert abs(parts - row["total s"]) < 0.05 * row["total s"] + 1e-3
 
     markdown = (out / "bench.md").read_text()
-    assert "python -m cascade.bench --quick" in markdown
+    assert "python -m experiments.bench --quick" in markdown
     assert f"torch {torch.__version__}" in markdown
     for title in sections:
         assert f"## {title}" in markdown
@@ -61,7 +61,7 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
 
 
 def test_overrides_after_the_sections_are_overrides_and_unknown_sections_fail() -> None:
-    from cascade.bench.__main__ import _parse
+    from experiments.bench.__main__ import _parse
 
     args = _parse(["--sections", "inference", "model.inference.slab_batch_size=64", "seed=1"])
     assert args.sections == ["inference"]
@@ -72,7 +72,7 @@ def test_overrides_after_the_sections_are_overrides_and_unknown_sections_fail() 
 
 
 def test_case_option_takes_one_labelled_case(tmp_path, write_case) -> None:
-    from cascade.bench.__main__ import _labelled_case
+    from experiments.bench.__main__ import _labelled_case
 
     paths = write_case(tmp_path / "labelled", case_id="BraTS20_Training_007")
     case = _labelled_case(paths["t1"].parent)
@@ -86,8 +86,8 @@ def test_case_option_takes_one_labelled_case(tmp_path, write_case) -> None:
 
 
 def test_cpu_candidates_are_timed_against_eager_fp32() -> None:
-    from cascade.bench.cpu_candidates import candidate_rows
-    from cascade.bench.measure import compose
+    from experiments.bench.cpu_candidates import candidate_rows
+    from experiments.bench.measure import compose
 
     smoke = compose(["+experiment=smoke"])
     rows = {row["name"]: row for row in candidate_rows(smoke, "smoke", 1, compile=False)}

@@ -19,13 +19,7 @@ reuse these arrays)::
 Images are z-scored intensities, whose float16 rounding (3 significant digits) is far below the
 noise of an MRI and the training's own intensity augmentation; priors are probabilities, stored
 in steps of 1/255 (`prior_probabilities` reads them back). Together with the label that is 52 %
-of the float32 images and float16 priors before, at the same loader speed (experiments/bench).
-
-Every case folder and prior is written under a temporary name and renamed into place, so a
-killed process never leaves something that looks complete. A case whose files changed (another
-size or modification time, or another path: a corrected release, another dataset with the same
-case ids) no longer matches its source.json and is preprocessed again, alone; its priors go with
-it. Two processes building one cache take a file lock per case, so a case has one writer.
+of the float32 images and float16 priors before (experiments/bench).
 """
 
 from __future__ import annotations

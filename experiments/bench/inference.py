@@ -11,8 +11,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cascade.bench.measure import median, time_calls
-from cascade.bench.networks import NNUNET_PATCH, nnunet_plain_unet
 from cascade.checkpoint import CascadeModel, build_predictor, load_checkpoint
 from cascade.data.cache import PreprocessCache
 from cascade.data.cases import Case
@@ -20,6 +18,8 @@ from cascade.data.labels import DEFAULT_SCHEME, LabelScheme
 from cascade.inference.cascade import CascadePredictor, mirrored_softmax, tumor_box
 from cascade.inference.settings import InferenceSettings
 from cascade.inference.sliding import evaluated_region, sliding_window_predict
+from experiments.bench.measure import median, time_calls
+from experiments.bench.networks import NNUNET_PATCH, nnunet_plain_unet
 
 # The bench measures the four-class BraTS 2020 scheme of the paper.
 NUM_CLASSES = DEFAULT_SCHEME.num_classes

@@ -1,4 +1,4 @@
-"""python -m cascade.bench [--quick] [--full] [--case DIR] [--out DIR] [--sections ...] [overrides]
+"""python -m experiments.bench [--quick] [--full] [--case DIR] [--out DIR] [--sections ...] [...]
 
 Measures preprocessing, data loading, training steps, inference and profiles of the hot paths,
 and writes DIR/bench.json and DIR/bench.md. Sizes and settings come from conf/ (Hydra overrides
@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from cascade.bench import cpu_candidates, inference, loading, networks
-from cascade.bench.measure import compose, machine, median, time_calls
-from cascade.bench.report import write_report
 from cascade.data.discovery import discover_cases
 from cascade.data.errors import CaseError
 from cascade.data.labels import DEFAULT_SCHEME
 from cascade.pipeline.composition import build_loss
+from experiments.bench import cpu_candidates, inference, loading, networks
+from experiments.bench.measure import compose, machine, median, time_calls
+from experiments.bench.report import write_report
 
 SECTIONS = ("preprocessing", "loading", "networks", "inference", "profile", "compile", "candidates")
 # sections that run only when named
@@ -40,7 +40,7 @@ QUICK_SIZES = networks.StepSizes(2, (64, 64), 2, (32, 32, 32), (64, 64, 64), "qu
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m cascade.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, about a minute")
     parser.add_argument(
         "--full",
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     command = shlex.join(
-        ["python", "-m", "cascade.bench", *(sys.argv[1:] if argv is None else argv)]
+        ["python", "-m", "experiments.bench", *(sys.argv[1:] if argv is None else argv)]
     )
 
     def report(sections: dict[str, dict]) -> None:

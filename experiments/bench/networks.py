@@ -13,7 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from cascade.bench.measure import (
+from cascade.data.labels import DEFAULT_SCHEME
+from cascade.pipeline.composition import build_loss
+from experiments.bench.measure import (
     GIB,
     PeakMemory,
     median,
@@ -22,8 +24,6 @@ from cascade.bench.measure import (
     synchronize,
     time_calls,
 )
-from cascade.data.labels import DEFAULT_SCHEME
-from cascade.pipeline.composition import build_loss
 
 # The bench measures the four-class BraTS 2020 scheme of the paper.
 NUM_CLASSES = DEFAULT_SCHEME.num_classes

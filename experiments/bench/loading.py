@@ -18,7 +18,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cascade.bench.measure import MIB, median
 from cascade.data.cache import CACHE_VERSION, PreprocessCache, prior_probabilities
 from cascade.data.cases import Case
 from cascade.data.discovery import discover_cases
@@ -27,6 +26,7 @@ from cascade.data.patches import PatchBatches, batch_probabilities, empty_patche
 from cascade.data.stage1 import Stage1DataModule
 from cascade.data.stage2 import Stage2DataModule
 from cascade.data.synthetic import write_dataset
+from experiments.bench.measure import MIB, median
 
 # The bench measures the four-class BraTS 2020 scheme of the paper.
 NUM_CLASSES = DEFAULT_SCHEME.num_classes

@@ -20,9 +20,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from cascade.bench.measure import median, time_calls
-from cascade.bench.networks import installed
 from cascade.inference.precision import cpu_computes_bf16
+from experiments.bench.measure import median, time_calls
+from experiments.bench.networks import installed
 
 CPU = torch.device("cpu")
 
