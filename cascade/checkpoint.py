@@ -172,6 +172,7 @@ def build_predictor(
         min_enhancing_voxels=(
             settings.min_enhancing_voxels if min_enhancing_voxels is None else min_enhancing_voxels
         ),
+        largest_tumor_component=settings.largest_tumor_component,
         scheme=model.scheme,
         cpu_bf16=cpu_bf16,
     )

@@ -43,6 +43,7 @@ SETTINGS = InferenceSettings(
     cpu_slab_batch_size=1,
     tta=False,
     min_enhancing_voxels=None,
+    largest_tumor_component=True,
     labels="brats2023",
 )
 

@@ -40,6 +40,7 @@ class EvaluationConfig:
 @dataclass
 class PostprocessingConfig:
     min_enhancing_voxels: int | None = MISSING
+    largest_tumor_component: bool = MISSING
 
 
 @dataclass

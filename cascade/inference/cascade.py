@@ -26,7 +26,7 @@ from cascade.data.labels import DEFAULT_SCHEME, LabelScheme, writing_scheme
 from cascade.data.preprocess import CaseMeta, Preprocessor, preprocess_case
 from cascade.data.transforms import uncrop
 from cascade.inference.multiview import predict_prior
-from cascade.inference.postprocess import suppress_small_enhancing
+from cascade.inference.postprocess import keep_largest_tumor, suppress_small_enhancing
 from cascade.inference.precision import autocast_dtype
 from cascade.inference.sliding import evaluated_region, sliding_window_predict
 
@@ -114,6 +114,7 @@ class CascadePredictor:
         fp16: bool,
         tta: bool,
         min_enhancing_voxels: int | None,
+        largest_tumor_component: bool = False,
         stage1_tta: bool = False,
         stage1_plane_size: Sequence[int] | None = None,
         weighting: str = "gaussian",
@@ -149,6 +150,7 @@ class CascadePredictor:
         self.stage1_tta = stage1_tta
         self.stage1_plane_size = stage1_plane_size
         self.min_enhancing_voxels = min_enhancing_voxels
+        self.largest_tumor_component = largest_tumor_component
         self.weighting = weighting
 
     @torch.inference_mode()
@@ -188,15 +190,20 @@ class CascadePredictor:
         model_affine = np.asarray(meta.model_affine)
         probabilities = _uncrop_probabilities(volume.probabilities.float().cpu(), meta)
         resampled = probabilities_onto_grid(probabilities, model_affine, meta.input_grid)
-        classes = resampled.argmax(0).to(torch.uint8)
-        if self.min_enhancing_voxels:
-            classes = suppress_small_enhancing(classes, self.min_enhancing_voxels)
+        classes = self._postprocess(resampled.argmax(0).to(torch.uint8))
         stage1 = torch.from_numpy(volume.stage1_classes.astype(np.int64))
         one_hot = torch.nn.functional.one_hot(stage1, probabilities.shape[0]).movedim(-1, 0)
         stage1_one_hot = _uncrop_probabilities(one_hot.float(), meta)
         stage1_resampled = probabilities_onto_grid(stage1_one_hot, model_affine, meta.input_grid)
         stage1_classes = stage1_resampled.argmax(0).to(torch.uint8)
         return classes.numpy(), stage1_classes.numpy()
+
+    def _postprocess(self, classes: Tensor) -> Tensor:
+        if self.largest_tumor_component:
+            classes = keep_largest_tumor(classes, self.scheme.regions["wt"])
+        if self.min_enhancing_voxels:
+            classes = suppress_small_enhancing(classes, self.min_enhancing_voxels)
+        return classes
 
     @torch.inference_mode()
     def predict_arrays(
@@ -230,9 +237,7 @@ class CascadePredictor:
         self._synchronize()
         stage2_done = time.perf_counter()
 
-        classes = probabilities.argmax(0).to(torch.uint8)
-        if self.min_enhancing_voxels:
-            classes = suppress_small_enhancing(classes, self.min_enhancing_voxels)
+        classes = self._postprocess(probabilities.argmax(0).to(torch.uint8))
         return VolumePrediction(
             probabilities=probabilities,
             classes=classes.cpu().numpy(),

@@ -31,6 +31,7 @@ class InferenceSettings:
     cpu_slab_batch_size: int  # and on a CPU
     tta: bool  # 8x mirroring by default
     min_enhancing_voxels: int | None  # the run's post-processing
+    largest_tumor_component: bool
     labels: str  # the label scheme the nets were trained on
 
     @classmethod
@@ -49,6 +50,7 @@ class InferenceSettings:
             cpu_slab_batch_size=inference.cpu_slab_batch_size,
             tta=inference.tta,
             min_enhancing_voxels=cfg.postprocessing.min_enhancing_voxels,
+            largest_tumor_component=cfg.postprocessing.largest_tumor_component,
             labels=cfg.data.labels,
         )
 
@@ -69,6 +71,7 @@ class InferenceSettings:
                 "tta": self.tta,
             },
             "min_enhancing_voxels": self.min_enhancing_voxels,
+            "largest_tumor_component": self.largest_tumor_component,
             "labels": self.labels,
         }
 
@@ -76,7 +79,7 @@ class InferenceSettings:
     def from_stored(cls, stored: Mapping[str, Any]) -> InferenceSettings:
         """Settings of any checkpoint version; keys that older checkpoints lack take the value
         those checkpoints were used with (no label scheme: BraTS 2020; no CPU batch size: the
-        GPU one)."""
+        GPU one; no largest-component rule: off)."""
         try:
             inference = stored["inference"]
             return cls(
@@ -94,6 +97,7 @@ class InferenceSettings:
                 ),
                 tta=bool(inference["tta"]),
                 min_enhancing_voxels=stored.get("min_enhancing_voxels"),
+                largest_tumor_component=bool(stored.get("largest_tumor_component", False)),
                 labels=stored.get("labels") or DEFAULT_SCHEME.name,
             )
         except KeyError as error:

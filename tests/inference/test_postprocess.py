@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cascade.inference.postprocess import suppress_small_enhancing
+from cascade.inference.postprocess import keep_largest_tumor, suppress_small_enhancing
 
 
 def class_map(enhancing_voxels: int) -> np.ndarray:
@@ -39,3 +39,22 @@ def test_works_on_tensors():
 def test_negative_threshold_rejected():
     with pytest.raises(ValueError, match="min_voxels"):
         suppress_small_enhancing(class_map(1), min_voxels=-1)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_only_the_largest_tumor_component_stays(as_tensor) -> None:
+    classes = np.zeros((12, 12, 12), dtype=np.uint8)
+    classes[1:6, 1:6, 1:6] = 2  # the tumor: edema around an enhancing core
+    classes[3, 3, 3] = 3
+    classes[9, 9, 9] = 3  # a stray enhancing blob
+    classes[10, 1, 1] = 4  # a resection cavity is no tumor: kept
+    classes = torch.from_numpy(classes) if as_tensor else classes
+    kept = keep_largest_tumor(classes, (1, 2, 3))
+    assert type(kept) is type(classes)
+    kept = np.asarray(kept)
+    assert kept[9, 9, 9] == 0 and kept[3, 3, 3] == 3 and kept[10, 1, 1] == 4
+    assert int((kept == 2).sum()) == 5**3 - 1
+    # diagonal neighbours belong to the same component
+    diagonal = np.zeros((6, 6, 6), dtype=np.uint8)
+    diagonal[1, 1, 1] = diagonal[2, 2, 2] = 1
+    np.testing.assert_array_equal(keep_largest_tumor(diagonal, (1, 2, 3)), diagonal)
