@@ -118,9 +118,7 @@ def _fit_stage2(
         train_ids=train_ids,
         val_ids=val_ids,
         prior_tag=prior_tag,
-        label_probabilities=class_probabilities(
-            scheme, plain(cfg.data.stage2.label_probabilities)
-        ),
+        label_probabilities=class_probabilities(scheme, plain(cfg.data.stage2.label_probabilities)),
     )
     alpha = AlphaHistory()
     # the patch loader shards the epoch per rank itself (a DistributedSampler of its own)
