@@ -142,6 +142,10 @@ def test_a_mistake_in_an_experiment_file_is_named(searchpath, experiment, messag
         ),
         ("data=brats", "data.root is not set (give data.root=...)"),
         (
+            "data.generator=null",
+            "data.generate=true needs data.generator (phantom or realistic)",
+        ),
+        (
             "data.stage1.batch_size=many",
             "data.stage1.batch_size: Value 'many' of type 'str' could not be converted to "
             "Integer, on the command line",

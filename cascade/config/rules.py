@@ -127,7 +127,7 @@ RULES: dict[str, Rule] = {
     "optimized_metric": metric_key,
     "synthetic.cases": at_least(1),
     "synthetic.shape": sizes(3),
-    "synthetic.generator": one_of("phantom", "realistic"),
+    "data.generator": optional(one_of("phantom", "realistic")),
     "synthetic.workers": at_least(1),
     "data.labels": one_of("auto", *SCHEMES),
     "data.split.val_count": optional(at_least(1)),
@@ -200,6 +200,8 @@ def agreement_problem(cfg: DictConfig) -> str | None:
         )
     if not cfg.data.generate:
         return None
+    if cfg.data.generator is None:
+        return "data.generate=true needs data.generator (phantom or realistic)"
     canvas, patch = list(cfg.synthetic.shape), list(cfg.data.stage2.patch_size)
     if any(size > room for size, room in zip(patch, canvas, strict=True)):
         return (

@@ -27,9 +27,7 @@ class SyntheticConfig:
     cases: int = MISSING
     shape: list[int] = MISSING
     seed: int = MISSING
-    # phantom: the fast ellipsoid brains of the tests; realistic: MNI152 anatomy (data=realistic)
-    generator: str = "phantom"
-    workers: int = 1  # cases generated in parallel processes
+    workers: int = MISSING
 
 
 @dataclass
@@ -98,6 +96,7 @@ class DataConfig:
     name: str = MISSING
     root: str = MISSING
     generate: bool = MISSING
+    generator: str | None = MISSING
     labels: str = MISSING  # set to the detected scheme at start-up
     num_classes: int = MISSING
     split: SplitConfig = field(default_factory=SplitConfig)

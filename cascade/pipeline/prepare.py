@@ -43,7 +43,7 @@ def prepare_cases(data: DictConfig, synthetic: DictConfig | None = None) -> list
             synthetic.cases,
             tuple(synthetic.shape),
             synthetic.seed,
-            generator=synthetic.generator,
+            generator=data.generator,
             workers=synthetic.workers,
         )
     cases, problems = scan_cases(root)
