@@ -31,8 +31,8 @@ def suppress_small_enhancing(classes: ClassMap, min_voxels: int) -> ClassMap:
 
 
 def keep_largest_tumor(classes: ClassMap, tumor_classes: tuple[int, ...]) -> ClassMap:
-    """Background for every tumor voxel outside the largest connected (26-neighbour) component of
-    the whole tumor (`tumor_classes`); other classes (a resection cavity) stay.
+    """Background for every tumor voxel outside the largest connected (6-neighbour, face-sharing)
+    component of the whole tumor (`tumor_classes`); other classes (a resection cavity) stay.
 
     Stray false positives far from the tumor cost Dice and HD95 on every case, while a second
     true focus is rare (nnU-Net keeps this rule for a dataset when validation says so).
@@ -40,7 +40,7 @@ def keep_largest_tumor(classes: ClassMap, tumor_classes: tuple[int, ...]) -> Cla
     """
     values = classes.cpu().numpy() if isinstance(classes, torch.Tensor) else np.asarray(classes)
     tumor = np.isin(values, tumor_classes)
-    components, count = ndimage.label(tumor, structure=np.ones((3, 3, 3), dtype=bool))
+    components, count = ndimage.label(tumor)
     result = np.array(values, copy=True)
     if count > 1:
         sizes = np.bincount(components.ravel())[1:]
