@@ -10,6 +10,7 @@ rank at start-up from every variable the launchers use, so only global rank 0 wr
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 from lightning.pytorch.utilities import rank_zero_only
@@ -44,3 +45,13 @@ def distributed_rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def rank_share(case_ids: Sequence[str], rank: int, world: int) -> list[str]:
+    """This rank's cases of `case_ids`; like DistributedSampler, the list is padded by repeating
+    cases so every rank runs the same number of steps (DDP needs it) and none is empty."""
+    case_ids = list(case_ids)
+    if not case_ids:
+        return []
+    padded = case_ids + case_ids[: -len(case_ids) % world]
+    return padded[rank::world]

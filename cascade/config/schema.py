@@ -60,10 +60,13 @@ class Stage1DataConfig:
     train_slabs_per_epoch: int = MISSING
     batch_size: int = MISSING
     num_workers: int = MISSING
+    pool_size: int = MISSING
+    samples_per_case: int = MISSING
     flip_probability: float = MISSING
     intensity_probability: float = MISSING
     log_gamma: float = MISSING
     bias_field_coefficient: float = MISSING
+    seed: int = MISSING
 
 
 @dataclass
@@ -84,6 +87,8 @@ class Stage2DataConfig:
     patches_per_epoch: int = MISSING
     batch_size: int = MISSING
     num_workers: int = MISSING
+    pool_size: int = MISSING
+    samples_per_case: int = MISSING
     flip_axes: list[int] = MISSING
     intensity_scale: float = MISSING
     intensity_shift: float = MISSING

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
@@ -333,8 +334,16 @@ class PreprocessCache:
         return np.load(path, mmap_mode="r")
 
 
-def quantise_prior(prior: np.ndarray) -> np.ndarray:
-    """Probabilities (any float dtype) as uint8 steps of 1/255, C-contiguous."""
+def quantise_prior(prior: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Probabilities (any float dtype) as uint8 steps of 1/255, C-contiguous; a numpy array or a
+    torch tensor (quantised where it lies, e.g. on the GPU); uint8 input is already in steps."""
+    if isinstance(prior, torch.Tensor):
+        if prior.dtype == torch.uint8:
+            return prior.contiguous()
+        scaled = prior.float().clamp(0.0, 1.0).mul_(PRIOR_SCALE).round_()
+        return scaled.to(torch.uint8).contiguous()
+    if np.asarray(prior).dtype == PRIOR_DTYPE:
+        return np.ascontiguousarray(prior)
     scaled = np.rint(np.clip(np.asarray(prior, dtype=np.float32), 0.0, 1.0) * PRIOR_SCALE)
     return np.ascontiguousarray(scaled, dtype=PRIOR_DTYPE)
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from cascade.data.cache import quantise_prior
 from cascade.data.slabs import slab_channels, view_axis
 from cascade.inference.precision import autocast_dtype
 
@@ -73,8 +74,12 @@ def predict_view(
     for start in range(0, slice_count, batch_size):
         stop = min(start + batch_size, slice_count)
         batch = slab_channels(slabs[:, :, :, start:stop].movedim(3, 0))  # (b, 4k, H, W)
+        if stop - start < batch_size and image.device.type == "cuda":
+            # every pass the same shape: with cudnn.benchmark each new shape (the last batch
+            # of every view and case) would be autotuned anew, costing more than the pass
+            batch = F.pad(batch, (0, 0, 0, 0, 0, 0, 0, batch_size - (stop - start)))
         with torch.autocast(image.device.type, dtype=dtype, enabled=dtype is not None):
-            logits = net(batch)
+            logits = net(batch)[: stop - start]
         batch_probabilities = torch.softmax(logits.float(), dim=1)  # (b, K, H, W)
         if probabilities is None:
             probabilities = image.new_empty((logits.shape[1], *volume.shape[1:3], slice_count))
@@ -104,9 +109,10 @@ def predict_prior(
     if not views:
         raise ValueError("predict_prior: no views given")
     if isinstance(image, np.ndarray):
-        # copy: cache images are read-only memmaps, which torch cannot wrap safely
-        image = torch.from_numpy(np.array(image, dtype=np.float32))
-    image = image.to(device=device, dtype=torch.float32)
+        # copy: cache images are read-only memmaps, which torch cannot wrap safely; in their
+        # stored precision (float16 halves the bytes to the device), float32 once there
+        image = torch.from_numpy(np.array(image))
+    image = image.to(device=device).float()
     prior = None
     for view in views:
         view_probabilities = predict_view(
@@ -129,8 +135,9 @@ def write_priors(
     progress: bool = True,
     plane_size: Sequence[int] | None = None,
 ) -> None:
-    """Predict and store the prior of every case that has none under `tag` yet (the store
-    keeps it in its own precision)."""
+    """Predict and store the prior of every case that has none under `tag` yet, handed to the
+    store as uint8 steps of 1/255 (`cascade.data.cache.quantise_prior`), quantised on the
+    device: a quarter of the bytes back to the host, and no host pass over the volume."""
     todo = [case_id for case_id in case_ids if not cache.has_prior(case_id, tag)]
     if not todo:
         return
@@ -141,6 +148,6 @@ def write_priors(
             prior = predict_prior(
                 net, cache.image(case_id), slab_depth, views, batch_size, device, fp16, plane_size
             )
-            cache.write_prior(case_id, tag, prior.cpu().numpy())
+            cache.write_prior(case_id, tag, quantise_prior(prior).cpu().numpy())
     finally:
         net.train(was_training)

@@ -72,7 +72,8 @@ def _fit_stage1(cfg, scheme, cache, train_ids, val_ids, logger, extra_callbacks,
         slab_batch_size=slab_batch_size(cfg.model.inference, device),
     )
     datamodule = build(cfg.data.stage1, store=cache, train_ids=train_ids, val_ids=val_ids)
-    trainer = build_trainer(cfg, "stage1", folder, logger, extra_callbacks, True)
+    # the case stream and the validation share are per rank already
+    trainer = build_trainer(cfg, "stage1", folder, logger, extra_callbacks, False)
     fit_keeping_best(trainer, module, datamodule)
     if trainer.is_global_zero:
         save_weights(weights, {"net": module.net})
@@ -121,7 +122,7 @@ def _fit_stage2(
         label_probabilities=class_probabilities(scheme, plain(cfg.data.stage2.label_probabilities)),
     )
     alpha = AlphaHistory()
-    # the patch loader shards the epoch per rank itself (a DistributedSampler of its own)
+    # the case stream and the validation share are per rank already
     trainer = build_trainer(cfg, "stage2", folder, logger, [alpha, *extra_callbacks], False)
     fit_keeping_best(trainer, module, datamodule)
     if trainer.is_global_zero:

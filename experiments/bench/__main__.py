@@ -354,7 +354,7 @@ def _profiles(cfg, experiment, smoke, cache, sizes, device, quick) -> dict:
     return {
         "rows": rows,
         "profiles": {
-            "Stage-2 batches as a worker builds them (cProfile, by own time)": loader_profile,
+            "Stage-2 training batches on the device (cProfile, by own time)": loader_profile,
             "Stage-2 training step (torch.profiler, by self time)": step_profile,
         },
     }

@@ -11,22 +11,23 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from omegaconf import DictConfig, OmegaConf
 
 from cascade.data.cache import CACHE_VERSION, PreprocessCache, prior_probabilities
 from cascade.data.cases import Case
 from cascade.data.discovery import discover_cases
 from cascade.data.labels import DEFAULT_SCHEME, class_probabilities
-from cascade.data.patches import PatchBatches, batch_probabilities, empty_patches
-from cascade.data.stage1 import Stage1DataModule
-from cascade.data.stage2 import Stage2DataModule
 from cascade.data.synthetic import write_dataset
-from experiments.bench.measure import MIB, median
+from cascade.sampling.stage1 import Stage1DataModule
+from cascade.sampling.stage2 import Stage2DataModule
+from experiments.bench.measure import median
 
 # The bench measures the four-class BraTS 2020 scheme of the paper.
 NUM_CLASSES = DEFAULT_SCHEME.num_classes
@@ -129,11 +130,26 @@ def preprocessing_rows(
     return rows
 
 
-def _loader_rate(loader, batches: int, count_key: str = "image") -> dict[str, float]:
-    """First-batch latency (workers starting), then items/s over the next `batches` batches:
-    the rate a training run sees, its persistent workers being started once per fit."""
+def training_batches(datamodule, device: torch.device | str = "cpu"):
+    """The DataModule's training batches as a fit gets them: each loader item moved to
+    `device` and passed through its on_after_batch_transfer (the pool, the crops and the
+    augmentation), outside any Trainer."""
+    datamodule.trainer = SimpleNamespace(
+        training=True,
+        world_size=1,
+        global_rank=0,
+        strategy=SimpleNamespace(root_device=torch.device(device)),
+    )
+    for item in datamodule.train_dataloader():
+        yield datamodule.on_after_batch_transfer(move_data_to_device(item, device), 0)
+
+
+def _loader_rate(datamodule, batches: int, count_key: str = "image") -> dict[str, float]:
+    """First-batch latency (workers starting, the pool filling), then items/s over the next
+    `batches` batches: the rate a training run sees, its persistent workers being started
+    once per fit."""
     start = time.perf_counter()
-    iterator = iter(loader)
+    iterator = training_batches(datamodule)
     next(iterator)
     first = time.perf_counter() - start
     start, items = time.perf_counter(), 0
@@ -156,9 +172,7 @@ def stage1_loader(
         "num_workers": num_workers,
     }
     kwargs, off = constructor_kwargs(Stage1DataModule, node, runtime)
-    datamodule = Stage1DataModule(**kwargs)
-    datamodule.setup("fit")
-    return datamodule, off
+    return Stage1DataModule(**kwargs), off
 
 
 def stage2_loader(
@@ -201,13 +215,13 @@ def loading_rows(
     stage2_batches: int,
 ) -> list[dict[str, Any]]:
     """Stage-1 slabs/s and Stage-2 patches/s of the configured training loaders (after their
-    first batch). Stage 2's prior perturbation, flips and intensity run later, on the device."""
+    first batch), through the device hook that cuts and augments the batches (on the CPU here)."""
     ids = cache.case_ids()
     shape = "x".join(str(size) for size in cfg.synthetic.shape)
     rows = []
     for workers in stage1_workers:
         datamodule, off = stage1_loader(cfg, cache, ids, workers)
-        rate = _loader_rate(datamodule.train_dataloader(), stage1_batches)
+        rate = _loader_rate(datamodule, stage1_batches)
         slab = "x".join(str(size) for size in cfg.data.stage1.slab_size)
         rows.append(
             {
@@ -225,7 +239,7 @@ def loading_rows(
     epoch = (stage2_batches + 1) * stage2.batch_size  # the timed batches after the first
     for workers in stage2_workers:
         datamodule, off = stage2_loader(cfg, cache, ids, tag, workers, epoch)
-        rate = _loader_rate(datamodule.train_dataloader(), stage2_batches)
+        rate = _loader_rate(datamodule, stage2_batches)
         rows.append(
             {
                 "name": f"Stage-2 patches, {workers} workers",
@@ -304,7 +318,7 @@ def cache_format_rows(
         for _ in range(2):
             for name, store in formats.items():
                 datamodule, _ = stage2_loader(cfg, store, ids, tag, workers, epoch)
-                rate = _loader_rate(datamodule.train_dataloader(), stage2_batches)
+                rate = _loader_rate(datamodule, stage2_batches)
                 rates[name].append(rate["items/s"])
         before_rate = None
         for name, values in rates.items():
@@ -324,65 +338,34 @@ def cache_format_rows(
 def stage2_breakdown(
     cfg: DictConfig, cache: PreprocessCache, tag: str, repeats: int
 ) -> tuple[list[dict[str, Any]], str]:
-    """CPU time (process time, so other users' load does not count) of each step of a training
-    patch as a loader worker makes it, in one process: draw the centre, read the patch into
-    fresh shared memory (what a worker sends); the prior perturbation of a whole batch as the
-    training process runs it on the device (here on the CPU); plus a cProfile of whole batches
-    (PatchBatches, as in a worker)."""
+    """CPU time (process time, so other users' load does not count) of a training batch's two
+    parts in one process: reading a step's whole cases (a loader worker's share), and the
+    device hook (pool insert, patch crop, perturbation, intensity; here on the CPU); plus a
+    cProfile of the hook."""
     ids = cache.case_ids()
     datamodule, _ = stage2_loader(cfg, cache, ids, tag, 0)
-    patches = datamodule.train_patches()
     clock = time.process_time
-    parts: dict[str, list[float]] = {"draw centre": [], "read into shared memory": []}
-    sent = 0
-    for index in range(8 * repeats):
-        case_id = patches.case_ids[index % len(patches.case_ids)]
+    stream = datamodule.train_dataloader().dataset
+    reads, hooks = [], []
+    profile = cProfile.Profile()
+    batches = training_batches(datamodule)
+    for step in range(1, 1 + 4 * repeats):
         start = clock()
-        _, centre = patches.draw_centre(case_id)
-        window = patches.window(case_id, centre)
-        drawn = clock()
-        batch = empty_patches(1, patches.patch_size, True, patches.num_classes, patches.prior_dtype)
-        patches.read(case_id, window, {key: value[0] for key, value in batch.items()})
-        read = clock()
-        sent = sum(tensor.numel() * tensor.element_size() for tensor in batch.values())
-        parts["draw centre"].append(drawn - start)
-        parts["read into shared memory"].append(read - drawn)
+        stream[step]
+        reads.append((clock() - start) / datamodule.batch_size)
+        start = clock()
+        profile.enable()
+        next(batches)
+        profile.disable()
+        hooks.append((clock() - start) / datamodule.batch_size)
     rows = [
         {
             "name": f"Stage-2 patch: {part}",
-            "setting": f"per patch, mean of {len(v)}",
-            "CPU ms": 1e3 * sum(v) / len(v),
+            "setting": f"per patch, mean of {len(values)} steps",
+            "CPU ms": 1e3 * sum(values) / len(values),
         }
-        for part, v in parts.items()
+        for part, values in (("cases read for the pool", reads), ("device hook (CPU)", hooks))
     ]
-    rows.append(
-        {"name": "Stage-2 patch: bytes a worker sends", "setting": "per patch", "MiB": sent / MIB}
-    )
-    perturbation = datamodule.perturbation
-    if perturbation is not None:
-        size = cfg.data.stage2.batch_size
-        prior = batch_probabilities(PatchBatches(patches)[list(range(size))]["prior"])
-        seconds = []
-        for _ in range(4 * repeats):
-            start = clock()
-            perturbation(prior)
-            seconds.append(clock() - start)
-        # a mean, not a median: with p < 1 some batches cost nothing
-        rows.append(
-            {
-                "name": f"Stage-2 batch: PriorPerturbation, p={perturbation.p:g}",
-                "setting": f"batch of {size}, on the CPU, mean of {len(seconds)}",
-                "CPU ms": 1e3 * sum(seconds) / len(seconds),
-            }
-        )
-
-    profile = cProfile.Profile()
-    batches = PatchBatches(patches)
-    size = cfg.data.stage2.batch_size
-    profile.enable()
-    for repeat in range(2 * repeats):
-        batches[list(range(repeat * size, (repeat + 1) * size))]
-    profile.disable()
     return rows, _profile_text(profile, 12)
 
 

@@ -15,14 +15,12 @@ from cascade.data import cache as cache_module
 from cascade.data.cache import PreprocessCache, prior_probabilities, settings_hash
 from cascade.data.discovery import discover_cases
 from cascade.data.labels import SCHEMES
-from cascade.data.patches import (
-    LOCATIONS_PER_CLASS,
-    PatchBatches,
-    RandomPatches,
-    batch_probabilities,
-)
+from cascade.data.patches import LOCATIONS_PER_CLASS, PRIOR_STEPS
 from cascade.data.preprocess import preprocess_case
 from cascade.data.transforms import build_preprocessing, uncrop
+from cascade.sampling.patches import PatchDraws
+from cascade.sampling.pool import CasePool
+from cascade.sampling.stream import CaseReader
 
 SETTINGS = {"margin": 0, "lower_percentile": 0.5, "upper_percentile": 99.5}
 SHAPE = (24, 24, 16)
@@ -302,9 +300,11 @@ def test_a_uint8_prior_travels_as_stored_and_comes_back_as_probabilities(
     for case_id in store.case_ids():
         shape = store.image(case_id).shape[1:]
         store.write_prior(case_id, "t", rng.dirichlet(np.ones(4), size=shape).transpose(3, 0, 1, 2))
-    patches = RandomPatches(store, store.case_ids(), "t", (8, 8, 8), {0: 1.0}, length=4)
-    batch = PatchBatches(patches)[[0, 1]]
-    assert batch["prior"].dtype == torch.uint8 and batch["image"].dtype == torch.float16
-    probabilities = batch_probabilities(batch["prior"])
+    case = CaseReader(store, "t")(store.case_ids()[0])
+    assert case["prior"].dtype == torch.uint8 and case["image"].dtype == torch.float16
+    pool = CasePool(1, case["label"].shape, 9, PatchDraws.location_groups(4), "cpu", seed=0)
+    pool.insert([case["image"], case["prior"], case["label"][None]], case["label"])
+    draws = PatchDraws((8, 8, 8), {0: 1.0}, 4, (), prior_scale=PRIOR_STEPS)
+    probabilities = draws(pool, 2, None)["prior"]
     assert probabilities.dtype == torch.float32
     assert torch.allclose(probabilities.sum(1), torch.ones(()), atol=4 * 0.5 / 255)

@@ -3,7 +3,6 @@ import pytest
 import torch
 from torch import nn
 
-from cascade.data.slabs import Slab, SlabSampler, slab_channels
 from cascade.inference.multiview import (
     predict_prior,
     predict_view,
@@ -11,6 +10,8 @@ from cascade.inference.multiview import (
     write_priors,
 )
 from cascade.nn.unet2d import UNet2d
+from cascade.sampling.pool import CasePool
+from cascade.sampling.slabs import TUMOR_GROUP, SlabDraws
 
 VIEWS = ["axial", "sagittal", "coronal"]
 
@@ -73,13 +74,16 @@ def test_inference_slabs_match_training_slabs(view: str) -> None:
     """The net sees the same channel layout at inference as the data module gives in training."""
     rng = np.random.default_rng(1)
     image = rng.normal(size=(4, 9, 8, 7)).astype(np.float32)
-    store = _Store(image, np.zeros((9, 8, 7), np.uint8))
+    label = np.zeros((9, 8, 7), np.uint8)
+    axis = {"sagittal": 0, "coronal": 1, "axial": 2}[view]
+    label[tuple(slice(1, 2) if a == axis else slice(None) for a in range(3))] = 1  # slice 1
     plane = {"axial": (9, 8), "coronal": (9, 7), "sagittal": (8, 7)}[view]
-    windows = tuple((0, size, 0) for size in plane)
-    sampler = SlabSampler(store, ["a"], 5, [view], plane, tumor_fraction=0.0)
-    training_slab = slab_channels(
-        torch.from_numpy(sampler.read(Slab("a", view, 1, windows, False))[0])
+    pool = CasePool(1, (9, 8, 7), 5, [TUMOR_GROUP], "cpu", seed=0)
+    pool.insert(
+        [torch.from_numpy(image).half(), torch.from_numpy(label)[None]], torch.from_numpy(label)
     )
+    # on tumor, the whole plane as the window: the slab centred on slice 1
+    training_slab = SlabDraws(5, [view], plane, 1.0, 0.0)(pool, 1, None)["image"][0]
 
     seen = []
 
@@ -88,19 +92,21 @@ def test_inference_slabs_match_training_slabs(view: str) -> None:
             seen.append(batch.clone())
             return torch.zeros(batch.shape[0], 4, *batch.shape[2:])
 
-    predict_view(Recorder(), torch.from_numpy(image), 5, view, batch_size=2, fp16=False)
+    stored = torch.from_numpy(image).half().float()  # the pool keeps float16, as the cache
+    predict_view(Recorder(), stored, 5, view, batch_size=2, fp16=False)
     torch.testing.assert_close(seen[0][1], training_slab)
 
 
-def test_write_priors_skips_existing_and_stores_the_float32_prior() -> None:
+def test_write_priors_skips_existing_and_stores_the_prior_in_steps_of_1_255() -> None:
     image = np.random.default_rng(0).normal(size=(4, 8, 8, 6)).astype(np.float32)
     store = _Store(image, None)
     store.priors[("done", "t1")] = "untouched"
     write_priors(_net(), store, ["new", "done"], "t1", 5, VIEWS, 4, "cpu", False, progress=False)
     assert store.priors[("done", "t1")] == "untouched"
     prior = store.priors[("new", "t1")]
-    assert prior.dtype == np.float32 and prior.shape == (4, 8, 8, 6)
-    np.testing.assert_allclose(prior.sum(0), 1.0, atol=1e-5)
+    assert prior.dtype == np.uint8 and prior.shape == (4, 8, 8, 6)
+    expected = predict_prior(_net(), torch.from_numpy(image), 5, VIEWS, 4, "cpu", False)
+    np.testing.assert_array_equal(prior, np.rint(expected.numpy() * 255))
 
 
 def test_plane_padding_keeps_shape() -> None:

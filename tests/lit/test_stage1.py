@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from cascade.data.slabs import SlabDataset, SlabSampler
-from cascade.data.stage1 import Stage1DataModule
 from cascade.inference.multiview import predict_prior
 from cascade.lit.stage1 import Stage1Module
 from cascade.metrics import case_metrics
 from cascade.nn.losses import DiceCELoss
 from cascade.nn.unet2d import UNet2d
+from cascade.sampling.pool import CasePool
+from cascade.sampling.slabs import TUMOR_GROUP, SlabDraws
+from cascade.sampling.stage1 import Stage1DataModule
 
 SHAPE = (16, 16, 12)
 
@@ -60,10 +61,13 @@ def test_a_few_steps_lower_the_loss() -> None:
         train_slabs_per_epoch=40,
         batch_size=4,
         num_workers=0,
+        pool_size=3,
+        samples_per_case=8,
         flip_probability=0.5,
         intensity_probability=0.0,
         log_gamma=0.0,
         bias_field_coefficient=0.0,
+        seed=0,
     )
     module = Stage1Module(
         net=UNet2d(12, 4, filters=8, depth=3, norm="instance", activation="leaky_relu"),
@@ -73,15 +77,13 @@ def test_a_few_steps_lower_the_loss() -> None:
         slab_depth=3,
         plane_size=[16, 16],
     )
-    data.setup("fit")
     # the same 8 slabs of the held-out case before and after
-    held_out = SlabDataset(
-        SlabSampler(data.store, ["c3"], 3, ["axial", "sagittal", "coronal"], [16, 16], 0.7),
-        8,
-        seed=0,
-        augmentation=None,
-    )
-    slabs = torch.utils.data.DataLoader(held_out, batch_size=4)
+    pool = CasePool(1, SHAPE, 5, [TUMOR_GROUP], "cpu", seed=0)
+    label = torch.from_numpy(data.store.label("c3"))
+    pool.insert([torch.from_numpy(data.store.image("c3")), label[None]], label)
+    draws = SlabDraws(3, ["axial", "sagittal", "coronal"], [16, 16], 0.7, 0.0)
+    held_out = draws(pool, 8, torch.Generator().manual_seed(0))
+    slabs = [{key: value[i : i + 4] for key, value in held_out.items()} for i in (0, 4)]
     before = _mean_val_loss(module, slabs)
     trainer = L.Trainer(
         accelerator="cpu",

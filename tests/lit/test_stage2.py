@@ -15,7 +15,7 @@ from cascade.lit.stage2 import Stage2Module
 from cascade.nn.attention_unet3d import AttentionUNet3d
 from cascade.nn.losses import DiceCELoss
 from cascade.nn.residual_mix import LearnableResidualMix
-from tests.data.test_stage2 import MemoryStore, make_datamodule
+from tests.sampling.test_stage2 import MemoryStore, make_datamodule
 
 
 def make_module(
@@ -85,8 +85,8 @@ def test_training_lowers_the_loss_logs_alpha_and_validates(tmp_path: Path) -> No
         assert 0.0 <= float(val_rows[-1][f"stage2/val_dice_{region}"]) <= 1.0
     metrics = trainer.callback_metrics
     assert {"stage2/alpha", "stage2/val_dice_mean", "stage2/val_loss"} <= set(metrics)
-    # Lightning advanced the patch sampler's epoch (a new shuffle each epoch)
-    assert datamodule.patch_sampler.epoch == 5
+    # one pool for the whole fit, full since the first step
+    assert datamodule.pooled.pool.filled == datamodule.pool_size == 2
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from cascade.data.batch_augmentation import BatchAugmentation
+from cascade.sampling.batch_augmentation import BatchAugmentation
 
 SHAPE = (6, 7, 8)
 

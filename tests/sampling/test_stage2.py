@@ -1,16 +1,19 @@
-"""Stage2DataModule: patch loader (sharding, workers, seeds), validation volumes, batch hooks."""
+"""Stage2DataModule: the case stream (sharding, workers), patches cut on the device, validation
+volumes, batch hooks."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
 
-from cascade.data.batch_augmentation import BatchAugmentation
 from cascade.data.patches import sample_class_locations
-from cascade.data.prior_perturbation import PriorPerturbation
-from cascade.data.stage2 import CaseVolumes, Stage2DataModule
+from cascade.sampling.batch_augmentation import BatchAugmentation
+from cascade.sampling.prior_perturbation import PriorPerturbation
+from cascade.sampling.stage2 import CaseVolumes, Stage2DataModule
 
 PATCH = (16, 16, 16)
 
@@ -70,6 +73,8 @@ def make_datamodule(store: MemoryStore, **overrides) -> Stage2DataModule:
         patches_per_epoch=8,
         batch_size=2,
         num_workers=0,
+        pool_size=2,
+        samples_per_case=4,
         flip_axes=(0, 1, 2),
         intensity_scale=0.1,
         intensity_shift=0.1,
@@ -82,30 +87,56 @@ def make_datamodule(store: MemoryStore, **overrides) -> Stage2DataModule:
     return Stage2DataModule(**options)
 
 
+def attach(datamodule: Stage2DataModule) -> None:
+    """As a training Trainer on the CPU would be, for the device hook."""
+    datamodule.trainer = SimpleNamespace(
+        training=True, world_size=1, global_rank=0, strategy=SimpleNamespace(root_device="cpu")
+    )
+
+
 def assert_patch_batch(batch: dict, size: int) -> None:
     assert batch["image"].shape == (size, 4, *PATCH)
     assert batch["prior"].shape == (size, 4, *PATCH)
     assert batch["label"].shape == (size, *PATCH)
-    # float16 between processes; float32 once on the device (on_after_batch_transfer)
-    assert batch["image"].dtype == batch["prior"].dtype == torch.float16
+    assert batch["image"].dtype == batch["prior"].dtype == torch.float32
     assert batch["label"].dtype == torch.uint8
     assert set(batch["label"].unique().tolist()) <= {0, 1, 2, 3}
     assert (batch["prior"] >= 0).all()
-    sums = batch["prior"].float().sum(1)
-    torch.testing.assert_close(sums, torch.ones(size, *PATCH), atol=5e-3, rtol=0)
 
 
-def test_an_epoch_has_patches_per_epoch_patches_in_full_batches() -> None:
+def test_an_epoch_streams_whole_cases_and_the_hook_cuts_full_batches() -> None:
     torch.manual_seed(0)
-    loader = make_datamodule(MemoryStore(5), patches_per_epoch=10, batch_size=4).train_dataloader()
+    datamodule = make_datamodule(
+        MemoryStore(5), patches_per_epoch=10, batch_size=4, perturbation=None,
+        intensity_scale=0.0, intensity_shift=0.0,
+    )  # fmt: skip
+    loader = datamodule.train_dataloader()
     assert len(loader) == 2  # 10 patches / batch 4, the last partial batch dropped
-    batches = list(loader)
-    assert len(batches) == 2
-    for batch in batches:
+    steps = list(loader)
+    # the pool (2 cases) fills at step 0, then a case per 4 patches: one per step
+    assert [len(step["cases"]) for step in steps] == [3, 1]
+    case = steps[0]["cases"][0]
+    assert case["image"].shape == (4, 32, 32, 32) and case["prior"].dtype == torch.float16
+    attach(datamodule)
+    for step in steps:
+        batch = datamodule.on_after_batch_transfer(step, 0)
         assert_patch_batch(batch, 4)
+        inside = batch["image"].abs().sum(1) > 0  # the cases fill the patch: no padding
+        assert inside.all()
+        sums = batch["prior"].sum(1)
+        torch.testing.assert_close(sums, torch.ones(4, *PATCH), atol=5e-3, rtol=0)
 
 
-def test_two_workers_deliver_the_same_batches_for_the_same_seed() -> None:
+def test_a_case_smaller_than_the_patch_is_padded_not_refused() -> None:
+    datamodule = make_datamodule(MemoryStore(3, shape=(12, 20, 9)), perturbation=None)
+    attach(datamodule)
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
+    assert_patch_batch(batch, 2)
+    inside = (batch["label"] > 0) | (batch["image"].abs().sum(1) > 0)
+    assert inside.flatten(1).sum(1).max() <= 12 * 16 * 9  # the case, zeros around it
+
+
+def test_two_workers_stream_the_same_cases_for_the_same_seed() -> None:
     store = MemoryStore(4)
     epochs = []
     for _ in range(2):
@@ -116,9 +147,9 @@ def test_two_workers_deliver_the_same_batches_for_the_same_seed() -> None:
         epochs.append(list(loader))
     assert len(epochs[0]) == 4
     for first, second in zip(*epochs, strict=True):
-        assert_patch_batch(first, 2)
-        for key in ("image", "prior", "label"):
-            assert torch.equal(first[key], second[key])
+        assert len(first["cases"]) == len(second["cases"])
+        for one, other in zip(first["cases"], second["cases"], strict=True):
+            assert torch.equal(one["image"], other["image"])
 
 
 def test_label_probabilities_may_be_a_list_indexed_by_class() -> None:
@@ -126,32 +157,19 @@ def test_label_probabilities_may_be_a_list_indexed_by_class() -> None:
     assert datamodule.label_probabilities == {0: 0.3, 1: 0.2, 2: 0.2, 3: 0.3}
 
 
-def test_ranks_get_disjoint_shards_that_cover_every_case_and_set_epoch_reshuffles() -> None:
-    store = MemoryStore(5)  # 4 training cases
+def test_ranks_stream_disjoint_shards_and_validate_their_share() -> None:
+    store = MemoryStore(6)  # 5 training cases
     datamodule = make_datamodule(store, perturbation=None, patches_per_epoch=16)
-    loaders = []
+    shards = []
     for rank in range(2):
         datamodule._world = lambda rank=rank: (2, rank)  # as under a 2-process trainer
         loader = datamodule.train_dataloader()
-        assert loader.sampler.sampler is datamodule.patch_sampler
         assert len(loader) == 16 // 2 // 2  # half the epoch per rank, batch 2
-        loaders.append(loader)
-
-    def shards() -> list[list[int]]:  # each rank's patch indices, in the order they are read
-        return [[index for batch in loader.sampler for index in batch] for loader in loaders]
-
-    first = shards()
-    for epoch in (0, 3):
-        for loader in loaders:
-            loader.sampler.set_epoch(epoch)  # what Lightning calls every epoch
-        rank0, rank1 = shards()
-        assert not set(rank0) & set(rank1)
-        assert sorted(rank0 + rank1) == list(range(16))
-        # index i is case i % 4: each case 4 times per epoch
-        assert sorted(index % 4 for index in rank0 + rank1) == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
-    assert shards() != first  # epoch 3 is shuffled differently from epoch 0
-    # validation cases are split between ranks too, padded so that no rank is left without one
-    assert len(datamodule.val_dataloader()) == 1  # 1 val case: rank 1 validates it as well
+        shards.append(set(loader.dataset.case_ids))
+        # validation cases are split between ranks too, padded so that no rank is left without
+        assert len(datamodule.val_dataloader()) == 1
+    assert not shards[0] & shards[1]
+    assert shards[0] | shards[1] == set(store.case_ids()[:-1])
 
 
 def test_validation_yields_one_whole_case_per_batch() -> None:
@@ -183,7 +201,8 @@ def test_augmentation_is_configured_for_the_device_side() -> None:
     datamodule = make_datamodule(MemoryStore(2))
     assert datamodule.perturbation.p == 0.5
     assert isinstance(datamodule.batch_augmentation, BatchAugmentation)
-    assert datamodule.batch_augmentation.flip_axes == (0, 1, 2)
+    assert datamodule.flip_axes == (0, 1, 2)  # in the crop: the batch augmentation flips nothing
+    assert datamodule.batch_augmentation.flip_axes == ()
     assert datamodule.batch_augmentation.intensity_scale == 0.1
 
 
@@ -239,10 +258,10 @@ def test_batches_are_augmented_in_training_only(tmp_path) -> None:
     for seen, given in zip(module.seen["train"], calls, strict=True):
         assert seen["image"].shape == given["image"].shape == (2, 4, *PATCH)
         assert seen["label"].dtype == torch.uint8
-        for key in ("image", "prior"):  # float16 from the loader, float32 on the device
+        for key in ("image", "prior"):  # float16 / uint8 from the loader, float32 here
             assert seen[key].dtype == given[key].dtype == torch.float32
         assert not torch.equal(seen["image"], given["image"])  # intensity always acts
-    # the priors were perturbed (noise on every voxel) before the flips and intensity
+    # the priors were perturbed (noise on every voxel) before the intensity changes
     assert len(perturbed) == 2
     for prior, given in zip(perturbed, calls, strict=True):
         assert prior.dtype == torch.float32 and not torch.equal(given["prior"], prior)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from cascade.data.prior_perturbation import (
+from cascade.sampling.prior_perturbation import (
     PriorPerturbation,
     cross_morphology,
     perturb_prior,

@@ -1,0 +1,60 @@
+"""Stage-1 intensity augmentation of whole slab batches on the device: gamma and bias field.
+
+The batch counterparts of TorchIO's RandomGamma and RandomBiasField (order 2), one draw per
+slab, applied with broadcasting. Background (0 after the z-score) stays 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from cascade.sampling.draws import uniforms
+
+
+class SlabIntensity(nn.Module):
+    """Each slab, with chance `probability` each: gamma exp(U(-log_gamma, log_gamma)) on the
+    magnitudes (sign kept, as z-scored images are signed); then a smooth multiplicative field
+    exp(sum_t c_t * P_t(h, w)) over the plane, P_t the monomials of degree <= 2 on [-1, 1]^2,
+    c_t ~ U(-bias_field_coefficient, bias_field_coefficient)."""
+
+    def __init__(self, probability: float, log_gamma: float, bias_field_coefficient: float) -> None:
+        super().__init__()
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"SlabIntensity: probability must lie in [0, 1], got {probability}")
+        if log_gamma < 0 or bias_field_coefficient < 0:
+            raise ValueError("SlabIntensity: log_gamma and bias_field_coefficient must be >= 0")
+        self.probability = probability
+        self.log_gamma = log_gamma
+        self.bias_field_coefficient = bias_field_coefficient
+
+    def forward(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """image (B, C, H, W) float -> augmented copy."""
+        batch, _, height, width = image.shape
+        draw = uniforms(10, batch, generator, image.device)
+        if self.log_gamma > 0:
+            gamma = torch.exp(self.log_gamma * (2 * draw[0] - 1))
+            gamma = torch.where(draw[1] < self.probability, gamma, 1.0).view(batch, 1, 1, 1)
+            image = image.sign() * image.abs().pow(gamma)
+        if self.bias_field_coefficient > 0:
+            rows = torch.linspace(-1, 1, height, device=image.device).view(height, 1)
+            columns = torch.linspace(-1, 1, width, device=image.device).view(1, width)
+            monomials = torch.stack(
+                [rows.expand(height, width), columns.expand(height, width),
+                 rows * rows + 0 * columns, rows * columns, 0 * rows + columns * columns]
+            )  # fmt: skip
+            on = (draw[2] < self.probability).view(batch, 1)
+            coefficients = self.bias_field_coefficient * (2 * draw[3:8].T - 1) * on
+            # the constant term only rescales the slab: drawn, as TorchIO does
+            constant = self.bias_field_coefficient * (2 * draw[8] - 1) * on[:, 0]
+            log_field = torch.einsum("bt,thw->bhw", coefficients, monomials) + constant.view(
+                -1, 1, 1
+            )
+            image = image * torch.exp(log_field)[:, None]
+        return image
+
+    def extra_repr(self) -> str:
+        return (
+            f"probability={self.probability}, log_gamma={self.log_gamma}, "
+            f"bias_field_coefficient={self.bias_field_coefficient}"
+        )
