@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -62,9 +63,27 @@ def fit_stage1(
         )
 
 
-def _fit_stage1(cfg, scheme, cache, train_ids, val_ids, logger, extra_callbacks, net, folder):
-    weights = folder / "stage1.pt"
-    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+@dataclass
+class StageParts:
+    """What one stage's fit is made of, as conf/ builds it."""
+
+    module: L.LightningModule
+    datamodule: L.LightningDataModule
+    # False where the DataModule shards its data between processes itself
+    use_distributed_sampler: bool
+
+
+def stage1_parts(
+    cfg: DictConfig,
+    scheme: LabelScheme,
+    cache: PreprocessCache,
+    train_ids: list[str],
+    val_ids: list[str],
+    net: nn.Module,
+    device: torch.device | str,
+) -> StageParts:
+    """Stage 1's LightningModule around `net` (validating with `device`'s slab batch size)
+    and its DataModule."""
     module = build(cfg.model.lightning.stage1)(
         net=net,
         loss=build_loss(cfg, scheme),
@@ -73,8 +92,45 @@ def _fit_stage1(cfg, scheme, cache, train_ids, val_ids, logger, extra_callbacks,
     )
     datamodule = build(cfg.data.stage1, store=cache, train_ids=train_ids, val_ids=val_ids)
     # the case stream and the validation share are per rank already
-    trainer = build_trainer(cfg, "stage1", folder, logger, extra_callbacks, False)
-    fit_keeping_best(trainer, module, datamodule)
+    return StageParts(module, datamodule, use_distributed_sampler=False)
+
+
+def stage2_parts(
+    cfg: DictConfig,
+    scheme: LabelScheme,
+    cache: PreprocessCache,
+    train_ids: list[str],
+    val_ids: list[str],
+    prior_tag: str,
+    net: nn.Module,
+    mix: nn.Module,
+) -> StageParts:
+    """Stage 2's LightningModule around `net` and `mix` and its DataModule on the priors
+    under `prior_tag`."""
+    module = build(cfg.model.lightning.stage2)(
+        net=net, mix=mix, loss=build_loss(cfg, scheme), regions=dict(scheme.regions)
+    )
+    datamodule = build(
+        cfg.data.stage2,
+        store=cache,
+        train_ids=train_ids,
+        val_ids=val_ids,
+        prior_tag=prior_tag,
+        label_probabilities=class_probabilities(scheme, plain(cfg.data.stage2.label_probabilities)),
+    )
+    # the case stream and the validation share are per rank already
+    return StageParts(module, datamodule, use_distributed_sampler=False)
+
+
+def _fit_stage1(cfg, scheme, cache, train_ids, val_ids, logger, extra_callbacks, net, folder):
+    weights = folder / "stage1.pt"
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+    parts = stage1_parts(cfg, scheme, cache, train_ids, val_ids, net, device)
+    module = parts.module
+    trainer = build_trainer(
+        cfg, "stage1", folder, logger, extra_callbacks, parts.use_distributed_sampler
+    )
+    fit_keeping_best(trainer, module, parts.datamodule)
     if trainer.is_global_zero:
         save_weights(weights, {"net": module.net})
     trainer.strategy.barrier("stage1 weights")
@@ -110,21 +166,13 @@ def _fit_stage2(
     cfg, scheme, cache, train_ids, val_ids, prior_tag, logger, extra_callbacks, net, mix, folder
 ):
     weights = folder / "stage2.pt"
-    module = build(cfg.model.lightning.stage2)(
-        net=net, mix=mix, loss=build_loss(cfg, scheme), regions=dict(scheme.regions)
-    )
-    datamodule = build(
-        cfg.data.stage2,
-        store=cache,
-        train_ids=train_ids,
-        val_ids=val_ids,
-        prior_tag=prior_tag,
-        label_probabilities=class_probabilities(scheme, plain(cfg.data.stage2.label_probabilities)),
-    )
+    parts = stage2_parts(cfg, scheme, cache, train_ids, val_ids, prior_tag, net, mix)
+    module = parts.module
     alpha = AlphaHistory()
-    # the case stream and the validation share are per rank already
-    trainer = build_trainer(cfg, "stage2", folder, logger, [alpha, *extra_callbacks], False)
-    fit_keeping_best(trainer, module, datamodule)
+    trainer = build_trainer(
+        cfg, "stage2", folder, logger, [alpha, *extra_callbacks], parts.use_distributed_sampler
+    )
+    fit_keeping_best(trainer, module, parts.datamodule)
     if trainer.is_global_zero:
         save_weights(weights, {"net": module.net, "mix": module.mix})
     trainer.strategy.barrier("stage2 weights")
