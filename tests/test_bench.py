@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -95,3 +96,55 @@ def test_cpu_candidates_are_timed_against_eager_fp32() -> None:
     assert rows["Stage 1 slab: channels_last fp32"]["max |logit diff|"] < 1e-3
     assert rows["Stage 2 window: eager fp32 (--exact)"]["ms"] > 0
     assert all(row["ms"] > 0 and row["x eager fp32"] > 0 for row in rows.values())
+
+
+PIPELINE_COLUMNS = ("host ms/sample", "fit samples/s", "network samples/s", "fit/network")
+
+
+def test_pipeline_section_times_the_fit_against_the_networks(tmp_path) -> None:
+    out = tmp_path / "bench"
+    threads = torch.get_num_threads()
+    try:
+        argv = ["--quick", "--threads", "1", "--sections", "pipeline", "--steps", "1"]
+        argv += ["--warmup", "1", "--out", str(out), "--workdir", str(tmp_path)]
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+    report = json.loads((out / "bench.json").read_text())
+    (section,) = report["sections"].values()
+    rows = {row["name"]: row for row in section["rows"]}
+    assert set(rows) == {"pipeline Stage-1", "pipeline Stage-2"}
+    for row in rows.values():
+        assert all(row[column] > 0 for column in PIPELINE_COLUMNS)
+        assert row["fit/network"] == pytest.approx(row["fit samples/s"] / row["network samples/s"])
+        assert row["host ms/sample"] == pytest.approx(
+            row["main ms/sample"] + row["workers ms/sample"]
+        )
+    # smoke: batches of 16 slabs of 80^2 (4 modalities x 5 slices), 2 patches of 48^3
+    assert rows["pipeline Stage-1"]["batch"] == "16x20x80x80"
+    assert rows["pipeline Stage-2"]["batch"] == "2x4x48x48x48"
+    assert rows["pipeline Stage-1"]["validation s/case"] > 0
+    assert rows["pipeline Stage-1"]["priors s/case"] > 0
+
+    markdown = (out / "bench.md").read_text()
+    assert "| name | setting | " + " | ".join(PIPELINE_COLUMNS) + " |" in markdown
+    assert "| pipeline Stage-1 |" in markdown and "| pipeline Stage-2 |" in markdown
+
+
+def test_worker_cpu_time_is_read_from_the_descendant_processes() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from experiments.bench.pipeline import cpu_seconds, descendants
+
+    busy = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    child = subprocess.Popen([sys.executable, "-c", busy + "\ntime.sleep(5)"])
+    try:
+        time.sleep(1.0)  # the loop has run by now
+        assert child.pid in descendants(os.getpid())
+        assert 0.2 <= cpu_seconds({child.pid}) < 1.0
+    finally:
+        child.kill()
+        child.wait()

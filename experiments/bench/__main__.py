@@ -25,13 +25,22 @@ from cascade.data.discovery import discover_cases
 from cascade.data.errors import CaseError
 from cascade.data.labels import DEFAULT_SCHEME
 from cascade.pipeline.composition import build_loss
-from experiments.bench import cpu_candidates, inference, loading, networks
+from experiments.bench import cpu_candidates, inference, loading, networks, pipeline
 from experiments.bench.measure import compose, machine, median, time_calls
 from experiments.bench.report import write_report
 
-SECTIONS = ("preprocessing", "loading", "networks", "inference", "profile", "compile", "candidates")
+SECTIONS = (
+    "preprocessing",
+    "loading",
+    "networks",
+    "inference",
+    "profile",
+    "compile",
+    "candidates",
+    "pipeline",
+)
 # sections that run only when named
-ON_REQUEST = ("compile", "candidates")
+ON_REQUEST = ("compile", "candidates", "pipeline")
 PRIOR_TAG = "bench"
 
 # Reduced sizes where no GPU is present, so a step takes seconds, not minutes.
@@ -60,6 +69,27 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="a trained cascade.ckpt: with --case, its exact and fast CPU predictions of the "
         "case and the fast path's Dice against the exact one (the accuracy guard)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="where the networks run (default: cuda when present, else cpu)",
+    )
+    parser.add_argument(
+        "--cases", type=int, default=None, help="synthetic cases (default: 3, --quick 2)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="pipeline: timed training steps per stage (default: 6 on a CPU, 50 on a GPU)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="pipeline: untimed steps before them (default: 2 on a CPU, 10 on a GPU)",
     )
     parser.add_argument("--out", type=Path, default=Path("experiments/bench"))
     parser.add_argument("--workdir", type=Path, default=None, help="synthetic data (default: temp)")
@@ -90,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     quick = args.quick
     base = ["+experiment=smoke"] if quick else []
     cfg = compose([*base, *args.overrides])
@@ -136,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="cascade-bench-") as temporary:
         workdir = args.workdir or Path(temporary)
-        case_count = 2 if quick else 3
+        case_count = args.cases or (2 if quick else 3)
         start = time.perf_counter()
         cases = loading.synthetic_cases(cfg, workdir / "raw", case_count)
         generation = time.perf_counter() - start
@@ -253,8 +283,46 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             report(sections)
 
+        if "pipeline" in args.sections:
+            cuda = device.type == "cuda"
+            # on a CPU without --full the nets of the smoke experiment, so that a few steps
+            # take seconds; the cases, slabs, patches and batches stay the configured ones
+            nets = [] if cuda or quick or args.full else _smoke_nets(smoke)
+            pipeline_cfg = compose([*base, *nets, *args.overrides])
+            shape = "x".join(map(str, cfg.synthetic.shape))
+            rows = pipeline.pipeline_rows(
+                pipeline_cfg,
+                cache,
+                device,
+                args.steps or (50 if cuda else 6),
+                args.warmup or (10 if cuda else 2),
+                shape,
+            )
+            sections["8. Pipeline: the real fit against its networks alone"] = {
+                "note": "Per stage: 'fit samples/s' is a real fit (DataModule, LightningModule "
+                "and Trainer from conf/, no logger, checkpoints or validation) over the timed "
+                "steps; 'network samples/s' the same nets' optimiser step on random tensors of "
+                "the fit's batch shape (batch column), the same precision; 'fit/network' their "
+                "ratio (goal >= 0.9). 'host ms/sample' is the CPU time per sample of the train "
+                "loader alone with each batch moved to the device through the DataModule's "
+                "transfer hooks: this process (main) plus its loader workers. 'validation "
+                "s/case' (Trainer.validate) and 'priors s/case' (cascade.pipeline.priors) are "
+                "whole cases; Stage 2 trains on those priors.",
+                "rows": rows,
+            }
+            report(sections)
+
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
     return 0
+
+
+def _smoke_nets(smoke) -> list[str]:
+    """Overrides giving both nets the smoke experiment's widths and depths."""
+    return [
+        f"model.{stage}.{key}={smoke.model[stage][key]}"
+        for stage in ("stage1", "stage2")
+        for key in ("filters", "depth")
+    ]
 
 
 def _labelled_case(folder: Path):

@@ -109,7 +109,7 @@ class TrainStep:
         self.scaler.update()
 
 
-def _random_inputs(batch: int, channels: int, spatial: Sequence[int], prior: bool) -> Tensor:
+def random_inputs(batch: int, channels: int, spatial: Sequence[int], prior: bool) -> Tensor:
     inputs = torch.randn(batch, channels, *spatial)
     if prior:
         inputs[:, -NUM_CLASSES:] = torch.softmax(inputs[:, -NUM_CLASSES:], dim=1)
@@ -140,7 +140,7 @@ def measure_step(
     with memory.measure():
         net = build()
         channels = _in_channels(net)
-        inputs = _random_inputs(batch, channels, spatial, prior=mix)
+        inputs = random_inputs(batch, channels, spatial, prior=mix)
         target = torch.randint(NUM_CLASSES, (batch, *spatial))
         step = TrainStep(
             net,
