@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from cascade.data.cache import prior_probabilities
 from cascade.data.cases import MODALITIES
 from cascade.data.patches import PRIOR_STEPS, check_case_arrays
 from cascade.ranks import rank_share
@@ -36,18 +35,21 @@ class CaseStore(Protocol):
 
 
 def load_case(store: CaseStore, case_id: str, prior_tag: str) -> dict[str, Tensor]:
-    """One case as tensors: image, prior float32 (4, X, Y, Z); label uint8 (X, Y, Z)."""
+    """One case as stored (image float16, prior uint8 steps of 1/255, label uint8; whole
+    sequential reads), after checking that its arrays share a grid; `case_on_device` makes the
+    image and prior float32 once they are on the device, a quarter of the bytes on the way."""
     image, prior = store.image(case_id), store.prior(case_id, prior_tag)
     label = check_case_arrays(case_id, image, prior, store.label(case_id))
-    # np.array: one copy each from the read-only memory maps, converting in the same pass
-    image = np.array(image, dtype=np.float32)
-    prior = prior_probabilities(prior)
-    label = np.array(label, dtype=np.uint8)
-    return {
-        "image": torch.from_numpy(image),
-        "prior": torch.from_numpy(prior),
-        "label": torch.from_numpy(label),
-    }
+    return {key: torch.from_numpy(np.array(array)) for key, array in
+            (("image", image), ("prior", prior), ("label", label))}  # fmt: skip
+
+
+def case_on_device(case: dict[str, Any]) -> dict[str, Any]:
+    """A validation case (batch of one) with float32 image and probabilities."""
+    prior = case["prior"].float()
+    if case["prior"].dtype == torch.uint8:
+        prior = prior.div_(PRIOR_STEPS)
+    return {**case, "image": case["image"].float(), "prior": prior}
 
 
 class CaseVolumes(Dataset):
@@ -182,10 +184,12 @@ class Stage2DataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Training: new cases into the pool; the step's patches cut, priors perturbed,
-        intensities changed, all on the device."""
+        intensities changed, all on the device. Validation: float32 image and probabilities."""
         trainer = getattr(self, "trainer", None)
-        if trainer is None or not trainer.training or self.pooled is None:
+        if trainer is None:
             return batch
+        if not trainer.training:
+            return case_on_device(batch)
         self.pooled.insert(batch["cases"], trainer.strategy.root_device)
         generator = self.augmentation_generator()
         batch = self.pooled.draw(self.batch_size, generator)

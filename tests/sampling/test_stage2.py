@@ -177,7 +177,10 @@ def test_validation_yields_one_whole_case_per_batch() -> None:
     datamodule = make_datamodule(store, val_ids=store.case_ids()[2:])
     batches = list(datamodule.val_dataloader())
     assert len(batches) == 2
-    batch = batches[0]
+    assert batches[0]["prior"].dtype == torch.float16  # as stored, to the device
+    datamodule.trainer = SimpleNamespace(training=False)
+    batch = datamodule.on_after_batch_transfer(batches[0], 0)
+    assert batch["image"].dtype == batch["prior"].dtype == torch.float32
     assert batch["image"].shape == (1, 4, 32, 32, 32)
     assert batch["prior"].shape == (1, 4, 32, 32, 32)
     assert batch["label"].shape == (1, 32, 32, 32)
