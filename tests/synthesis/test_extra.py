@@ -16,8 +16,11 @@ from cascade.synthesis.dataset import main as synthesis_main
 from cascade.synthesis.dataset import write_dataset
 
 INSTALL_HINT = "pip install 'cascade[synthesis]'"
-# None in sys.modules makes every `import nilearn` fail, as if it were not installed.
-WITHOUT_NILEARN = "import sys; sys.modules['nilearn'] = None\n"
+# None in sys.modules makes an import fail as if the package were not installed: nilearn, and
+# what a plain install lacks without it (pandas and scikit-learn come only with it and the extras).
+WITHOUT_NILEARN = (
+    "import sys\nfor name in ('nilearn', 'sklearn', 'pandas'):\n    sys.modules[name] = None\n"
+)
 
 
 def run_without_nilearn(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
