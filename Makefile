@@ -18,10 +18,10 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(TORCH_SPEC)
-	$(BIN)/pip install -e ".[dev,test]"
+	$(BIN)/pip install -e ".[dev,test,synthesis]"
 	touch $@
 
-install: $(VENV)/.installed ## create .venv and install the project with its dev tools
+install: $(VENV)/.installed ## create .venv and install the project with its dev, test and synthesis extras
 
 test: install ## run the fast test suite (CPU)
 	WANDB_MODE=disabled $(BIN)/python -m pytest

@@ -146,9 +146,11 @@ def build_predictor(
     fp16: bool = True,
     min_enhancing_voxels: int | None = None,
     cpu_bf16: bool = False,
+    largest_tumor_component: bool | None = None,
 ):
-    """A CascadePredictor with the checkpoint's settings (``tta`` None: the trained default);
-    ``cpu_bf16`` takes the fast bf16 path on a CPU that has it (cascade.inference.precision)."""
+    """A CascadePredictor with the checkpoint's settings; ``tta``, ``min_enhancing_voxels`` (0:
+    off) and ``largest_tumor_component`` override the stored ones where not None. ``cpu_bf16``
+    takes the fast bf16 path on a CPU that has it (cascade.inference.precision)."""
     from cascade.data.preprocess import Preprocessor
     from cascade.inference.cascade import CascadePredictor
 
@@ -172,7 +174,11 @@ def build_predictor(
         min_enhancing_voxels=(
             settings.min_enhancing_voxels if min_enhancing_voxels is None else min_enhancing_voxels
         ),
-        largest_tumor_component=settings.largest_tumor_component,
+        largest_tumor_component=(
+            settings.largest_tumor_component
+            if largest_tumor_component is None
+            else largest_tumor_component
+        ),
         scheme=model.scheme,
         cpu_bf16=cpu_bf16,
     )

@@ -6,6 +6,10 @@ with its affine and header and labels in the input's convention; a case on anoth
 model's is resampled to it and back. ``volumes.csv`` beside them gives each region's predicted
 volume in mL. A bad case is reported in one line and skipped.
 
+The post-processing stored with the model (``postprocessing`` in the training config) is applied
+by default; ``--min-enhancing-voxels N`` replaces its enhancing-tumor threshold (0: off), and
+``--no-postprocessing`` writes the networks' own argmax, to score what the model itself predicts.
+
 On a CPU the networks run in bf16 where the CPU computes it natively (AVX-512 BF16, AMX), with
 one torch thread per core the job may use (``cascade.cores``); ``--exact`` runs them in fp32.
 """
@@ -35,6 +39,13 @@ from cascade.metrics import region_volumes_ml
 from cascade.viz import save_overlay
 
 
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m cascade.predict", description=__doc__.splitlines()[0]
@@ -60,6 +71,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="torch threads (default: one per core available to this job)",
+    )
+    postprocessing = parser.add_mutually_exclusive_group()
+    postprocessing.add_argument(
+        "--no-postprocessing",
+        action="store_true",
+        help="write the networks' own output: neither the largest-component rule nor the "
+        "enhancing-tumor threshold stored with the model",
+    )
+    postprocessing.add_argument(
+        "--min-enhancing-voxels",
+        type=non_negative,
+        default=None,
+        metavar="N",
+        help="enhancing tumor below N voxels becomes necrosis, instead of the stored threshold "
+        "(0: off)",
     )
     parser.add_argument("--overlays", action="store_true", help="also write <case-id>.png overlays")
     parser.add_argument(
@@ -99,7 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}")
         return 2
     size_inference(args.threads)
-    predictor = build_predictor(model, device, tta=args.tta or None, cpu_bf16=not args.exact)
+    predictor = build_predictor(
+        model,
+        device,
+        tta=args.tta or None,
+        cpu_bf16=not args.exact,
+        min_enhancing_voxels=0 if args.no_postprocessing else args.min_enhancing_voxels,
+        largest_tumor_component=False if args.no_postprocessing else None,
+    )
     cases, problems = scan_cases(args.input)
     for problem in problems:
         print(f"skipped: {problem}")

@@ -39,11 +39,12 @@ def _train(cfg: DictConfig) -> float | None:
     from cascade.pipeline import run
     from cascade.pipeline.errors import StageError
     from cascade.pipeline.prepare import DataError
+    from cascade.synthesis.anatomy import MissingExtraError
 
     size_training(cfg)  # torch threads and loader workers within this job's cores
     try:
         metrics = run(cfg)
-    except (CaseError, DataError, StageError) as error:
+    except (CaseError, DataError, MissingExtraError, StageError) as error:
         # problems of the data, or a stage that cannot run as asked: a message, not a traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -174,3 +174,76 @@ def test_exact_runs_fp32_and_the_default_cpu_path_segments_alike(
     exact = np.asanyarray(nib.load(tmp_path / "exact" / "A.nii.gz").dataobj)
     fast = np.asanyarray(nib.load(tmp_path / "fast" / "A.nii.gz").dataobj)
     assert exact.shape == fast.shape and np.mean(exact == fast) > 0.97
+
+
+def _fixed_network_output(monkeypatch) -> None:
+    """The nets 'predict' a tumor (edema around 8 enhancing voxels) and a stray edema blob far
+    from it, on whatever preprocessed grid the case has; Stage 2 leaves the prior as it is."""
+
+    def prior(self, image: torch.Tensor) -> torch.Tensor:
+        classes = torch.zeros(image.shape[1:], dtype=torch.long)
+        classes[2:10, 2:10, 2:8] = 2
+        classes[5:7, 5:7, 4:6] = 3
+        classes[-4:-2, -4:-2, -4:-2] = 2
+        return torch.nn.functional.one_hot(classes, 4).movedim(-1, 0).float()
+
+    monkeypatch.setattr(cascade_inference.CascadePredictor, "_stage1_prior", prior)
+    monkeypatch.setattr(
+        cascade_inference.CascadePredictor, "_stage2", lambda self, image, prior, box: prior
+    )
+
+
+def _labels(output: Path) -> np.ndarray:
+    return np.asanyarray(nib.load(output / "A.nii.gz").dataobj)
+
+
+def test_no_postprocessing_writes_the_networks_own_output(
+    tmp_path, write_case, monkeypatch
+) -> None:
+    """A model stored with the largest-component rule drops the stray blob; --no-postprocessing
+    keeps it, so the network itself can be scored."""
+    checkpoint = write_checkpoint(
+        tmp_path / "cascade.ckpt", {**SETTINGS, "largest_tumor_component": True}
+    )
+    write_case(tmp_path / "data", case_id="A", shape=(24, 26, 20))
+    _fixed_network_output(monkeypatch)
+    stored, raw = tmp_path / "stored", tmp_path / "raw"
+    assert predict(_args(checkpoint, tmp_path / "data", stored)) == 0
+    assert predict(_args(checkpoint, tmp_path / "data", raw, "--no-postprocessing")) == 0
+
+    stray = 2 * 2 * 2
+    assert np.count_nonzero(_labels(raw)) - np.count_nonzero(_labels(stored)) == stray
+    assert np.array_equal(
+        _labels(raw) != _labels(stored), (_labels(stored) == 0) & (_labels(raw) == 2)
+    )
+
+
+@pytest.mark.parametrize(
+    ("stored", "option", "enhancing_kept"),
+    [(None, "100", False), (100, "0", True), (100, None, False), (None, None, True)],
+)
+def test_min_enhancing_voxels_overrides_the_stored_threshold(
+    tmp_path, write_case, monkeypatch, stored, option, enhancing_kept
+) -> None:
+    """8 enhancing voxels: kept below a threshold of 0 (off), relabelled as necrosis (file
+    value 1) under 100, whichever of the stored value and the option decides."""
+    checkpoint = write_checkpoint(
+        tmp_path / "cascade.ckpt", {**SETTINGS, "min_enhancing_voxels": stored}
+    )
+    write_case(tmp_path / "data", case_id="A", shape=(24, 26, 20))
+    _fixed_network_output(monkeypatch)
+    extra = ("--min-enhancing-voxels", option) if option is not None else ()
+    assert predict(_args(checkpoint, tmp_path / "data", tmp_path / "seg", *extra)) == 0
+
+    labels = _labels(tmp_path / "seg")
+    assert np.count_nonzero(labels == 4) == (8 if enhancing_kept else 0)
+    assert np.count_nonzero(labels == 1) == (0 if enhancing_kept else 8)
+
+
+def test_min_enhancing_voxels_and_no_postprocessing_exclude_each_other(
+    checkpoint, tmp_path, capsys
+) -> None:
+    with pytest.raises(SystemExit):
+        predict(_args(checkpoint, tmp_path, tmp_path / "seg", "--no-postprocessing",
+                      "--min-enhancing-voxels", "5"))  # fmt: skip
+    assert "not allowed with" in capsys.readouterr().err

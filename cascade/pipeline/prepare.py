@@ -14,9 +14,9 @@ from cascade.data.discovery import scan_cases
 from cascade.data.errors import CaseError
 from cascade.data.labels import LabelScheme
 from cascade.data.split import read_case_list, read_split, split_cases, write_split
-from cascade.data.synthetic import write_dataset
 from cascade.data.validation import resolve_scheme, validate_case, with_scheme
 from cascade.ranks import is_global_zero
+from cascade.synthesis.dataset import write_dataset
 
 log = logging.getLogger(__name__)
 

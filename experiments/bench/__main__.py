@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.backends.cudnn.benchmark = bool(cfg.trainer.benchmark)
     notes = [
         f"synthetic cases of {'x'.join(map(str, cfg.synthetic.shape))} voxels "
-        "(cascade.data.synthetic), read from .nii.gz and cached as the training run does",
+        "(cascade.synthesis), read from .nii.gz and cached as the training run does",
         "networks are untrained: speed does not depend on the weights",
     ]
     if device.type == "cpu":

@@ -24,9 +24,9 @@ from cascade.data.cache import CACHE_VERSION, PreprocessCache, prior_probabiliti
 from cascade.data.cases import Case
 from cascade.data.discovery import discover_cases
 from cascade.data.labels import DEFAULT_SCHEME, class_probabilities
-from cascade.data.synthetic import write_dataset
 from cascade.sampling.stage1 import Stage1DataModule
 from cascade.sampling.stage2 import Stage2DataModule
+from cascade.synthesis.dataset import write_dataset
 from experiments.bench.measure import median
 
 # The bench measures the four-class BraTS 2020 scheme of the paper.

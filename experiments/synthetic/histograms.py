@@ -24,9 +24,9 @@ from scipy.cluster.vq import kmeans2
 from scipy.stats import wasserstein_distance
 
 from cascade.data.cases import MODALITIES
-from cascade.data.realistic import generate_case as realistic_case
-from cascade.data.synthetic import case_seed
-from cascade.data.synthetic import generate_case as phantom_case
+from cascade.synthesis.dataset import case_seed
+from cascade.synthesis.phantom import generate_case as phantom_case
+from cascade.synthesis.realistic import generate_case as realistic_case
 
 GENERATORS = {"realistic": realistic_case, "phantom": phantom_case}
 

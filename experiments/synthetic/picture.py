@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from cascade.data.cases import MODALITIES
-from cascade.data.realistic import generate_realistic
+from cascade.synthesis.realistic import generate_realistic
 
 _COLOURS = {1: (1.0, 0.1, 0.1), 2: (0.1, 0.9, 0.1), 4: (1.0, 0.9, 0.0)}
 

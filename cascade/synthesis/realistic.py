@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cascade.data import anatomy, mri_contrast, tumor_growth
-from cascade.data.synthetic import BRATS_SHAPE
+from cascade.synthesis import anatomy, mri_contrast, tumor_growth
+from cascade.synthesis.fields import BRATS_SHAPE
 
 MIN_SIZE = 48  # coarser grids lose the cortex the template is for
 _SECOND_FOCUS_MM = (15.0, 35.0)

@@ -8,15 +8,9 @@ import pytest
 
 from cascade.data.cases import MODALITIES
 from cascade.data.discovery import discover_cases
-from cascade.data.synthetic import (
-    case_seed,
-    generate_case,
-    generate_phantom,
-    lps_affine,
-    main,
-    write_dataset,
-)
 from cascade.data.validation import validate_case
+from cascade.synthesis.dataset import case_seed, lps_affine, main, write_dataset
+from cascade.synthesis.phantom import generate_case, generate_phantom
 
 SHAPE = (48, 48, 32)
 CSF, GM, WM = 1, 2, 3

@@ -16,8 +16,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.graph import MCP_Geometric
 
-from cascade.data.anatomy import Anatomy
-from cascade.data.synthetic import smooth_noise
+from cascade.synthesis.anatomy import Anatomy
+from cascade.synthesis.fields import smooth_noise
 
 WHOLE_TUMOR_ML = (20.0, 250.0)
 NON_ENHANCING_PROBABILITY = 0.15

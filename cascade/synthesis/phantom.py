@@ -1,31 +1,22 @@
-"""Synthetic BraTS-like cases: a skull-stripped brain phantom with a glioma-like tumor.
+"""The ellipsoid phantom: a skull-stripped brain with a glioma-like tumor, drawn in a second.
 
 The phantom is built from smooth random fields (sums of Gaussian bumps on a coarse lattice, which
 are cheap to evaluate separably), so a full 240 x 240 x 155 case takes a second or two on one core.
 Arrays are in NIfTI voxel order (X, Y, Z); labels use the BraTS 2020 values 0, 1, 2, 4.
-
-Usage: python -m cascade.data.synthetic --out DIR --cases N [--shape X Y Z] [--seed S]
 """
 
 from __future__ import annotations
 
-import argparse
-import gzip
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from filelock import FileLock
 from scipy import ndimage
-from tqdm import tqdm
 
 from cascade.data.cases import MODALITIES
 from cascade.data.labels import SCHEMES
-from cascade.io import atomic_path
+from cascade.synthesis.fields import BRATS_SHAPE, smooth_noise
 
-BRATS_SHAPE = (240, 240, 155)
 MIN_SIZE = 24  # smaller volumes leave no room for cortex, ventricles and a tumor
 NON_ENHANCING_PROBABILITY = 0.15  # share of cases drawn without enhancing tumor
 
@@ -56,23 +47,6 @@ class Phantom:
     images: dict[str, np.ndarray]
     label: np.ndarray
     tissue: np.ndarray
-
-
-def case_seed(seed: int, index: int) -> int:
-    """Independent seed of case `index` (0-based) of a dataset drawn with base `seed`."""
-    return int(np.random.SeedSequence(entropy=seed, spawn_key=(index,)).generate_state(1)[0])
-
-
-def case_id(index: int) -> str:
-    """Case id of the 0-based `index`: Synth_001, Synth_002, ..."""
-    return f"Synth_{index + 1:03d}"
-
-
-def lps_affine(shape: Sequence[int]) -> np.ndarray:
-    """BraTS voxel-to-world matrix (1 mm, LPS storage) for a volume of `shape` (X, Y, Z)."""
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
-    affine[1, 3] = shape[1] - 1
-    return affine
 
 
 def generate_case(
@@ -109,35 +83,6 @@ def generate_phantom(
     tissue = np.zeros(shape, np.uint8)
     tissue.reshape(-1)[brain.volume_index] = tissues.dominant()
     return Phantom(images=images, label=label, tissue=tissue)
-
-
-# --- smooth random fields --------------------------------------------------------------------
-
-
-def _bump_weights(size: int, cell: float, rng_offset: float) -> np.ndarray:
-    """(size, lattice) Gaussian interpolation weights, rows scaled to unit norm (unit variance)."""
-    count = int(np.ceil(size / cell)) + 4
-    knots = (np.arange(count, dtype=np.float32) - 2.0 + rng_offset) * cell
-    positions = np.arange(size, dtype=np.float32)[:, None]
-    weights = np.exp(-0.5 * ((positions - knots[None, :]) / (0.75 * cell)) ** 2)
-    weights /= np.sqrt((weights**2).sum(axis=1, keepdims=True))
-    return weights.astype(np.float32)
-
-
-def smooth_noise(rng: np.random.Generator, shape: Sequence[int], cell: float) -> np.ndarray:
-    """Smooth Gaussian random field of `shape`, zero mean and unit variance, float32.
-
-    A lattice of random weights (spacing `cell` voxels) blurred by Gaussian bumps, evaluated
-    axis by axis as three plain matrix products instead of a full-volume filter.
-    """
-    cell = max(float(cell), 1.0)
-    w0, w1, w2 = (_bump_weights(size, cell, rng.random()) for size in shape)
-    (k0, b0), (k1, b1), (k2, b2) = (w.T.shape for w in (w0, w1, w2))
-    lattice = rng.standard_normal((k0, k1, k2), dtype=np.float32)
-    field = lattice.reshape(k0 * k1, k2) @ w2.T  # (k0, k1, b2)
-    field = w1 @ field.reshape(k0, k1, b2).transpose(1, 0, 2).reshape(k1, k0 * b2)  # (b1, k0, b2)
-    field = field.reshape(b1, k0, b2).transpose(1, 0, 2).reshape(k0, b1 * b2)
-    return (w0 @ field).reshape(b0, b1, b2)
 
 
 def _ramp(value: np.ndarray, width: float) -> np.ndarray:
@@ -458,120 +403,3 @@ def _render(
         image.reshape(-1)[brain.volume_index] = values
         images[modality] = image
     return images
-
-
-# --- writing ---------------------------------------------------------------------------------
-
-
-def _case_files(folder: Path, name: str) -> dict[str, Path]:
-    return {key: folder / f"{name}_{key}.nii.gz" for key in (*MODALITIES, "seg")}
-
-
-def _save_atomic(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write a .nii.gz atomically; its hidden temporary is never taken for a case (discovery
-    skips hidden files)."""
-    image = nib.Nifti1Image(array, affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm", "sec")
-    # level 1 like nibabel's default; mtime 0 keeps the files identical across runs
-    with (
-        atomic_path(path) as temporary,
-        open(temporary, "wb") as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as compressed,
-    ):
-        compressed.write(image.to_bytes())
-
-
-GENERATORS = ("phantom", "realistic")
-
-
-def write_dataset(
-    out: Path | str,
-    cases: int,
-    shape: Sequence[int] = BRATS_SHAPE,
-    seed: int = 0,
-    progress: bool = True,
-    generator: str = "phantom",
-    workers: int = 1,
-) -> list[Path]:
-    """Write `cases` cases as <out>/Synth_<nnn>/Synth_<nnn>_{t1,t1ce,t2,flair,seg}.nii.gz.
-
-    generator: "phantom" (this module's ellipsoid brains) or "realistic" (MNI152 anatomy,
-    `cascade.data.realistic`); `workers` processes generate cases in parallel.
-    Cases whose five files all exist are kept as they are. Returns the case folders in order.
-    Each file is renamed into place when complete, and a lock beside `out` makes runs that
-    generate the same dataset at once wait for each other, so none reads a half-written case.
-    """
-    if generator not in GENERATORS:
-        raise ValueError(f"unknown generator {generator!r}: choose one of {', '.join(GENERATORS)}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(out.parent / f".{out.name}.lock"):
-        folders = [out / case_id(index) for index in range(cases)]
-        missing = [
-            index
-            for index, folder in enumerate(folders)
-            if not all(path.is_file() for path in _case_files(folder, folder.name).values())
-        ]
-        jobs = [(out, index, tuple(shape), seed, generator) for index in missing]
-        bar = tqdm(total=len(jobs), desc="synthetic cases", unit="case", disable=not progress)
-        if workers > 1 and len(jobs) > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-                for _ in pool.map(_write_case, jobs):
-                    bar.update()
-        else:
-            for job in jobs:
-                _write_case(job)
-                bar.update()
-        bar.close()
-        return folders
-
-
-def _write_case(job: tuple[Path, int, tuple[int, ...], int, str]) -> None:
-    """Generate and write case `index` (a top-level function: it runs in worker processes)."""
-    out, index, shape, seed, generator = job
-    name = case_id(index)
-    folder = out / name
-    files = _case_files(folder, name)
-    folder.mkdir(parents=True, exist_ok=True)
-    if generator == "realistic":
-        from cascade.data.realistic import generate_case as generate  # imports nilearn
-    else:
-        generate = generate_case
-    images, label = generate(shape, case_seed(seed, index))
-    affine = lps_affine(shape)
-    for modality, image in images.items():
-        _save_atomic(image, affine, files[modality])
-    _save_atomic(label, affine, files["seg"])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m cascade.data.synthetic",
-        description="Write synthetic BraTS 2020-style cases (images and labels).",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="dataset folder to write into")
-    parser.add_argument("--cases", type=int, required=True, help="number of cases")
-    parser.add_argument(
-        "--shape", type=int, nargs=3, default=list(BRATS_SHAPE), metavar=("X", "Y", "Z")
-    )
-    parser.add_argument("--seed", type=int, default=0, help="base seed; case i uses its own")
-    parser.add_argument("--generator", choices=GENERATORS, default="phantom")
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
-    args = parser.parse_args(argv)
-    if args.cases < 1:
-        parser.error("--cases must be at least 1")
-    if min(args.shape) < MIN_SIZE:
-        parser.error(f"--shape sizes must be at least {MIN_SIZE}")
-    folders = write_dataset(
-        args.out, args.cases, args.shape, args.seed, generator=args.generator, workers=args.workers
-    )
-    print(f"{len(folders)} synthetic cases in {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

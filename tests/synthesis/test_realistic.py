@@ -8,10 +8,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cascade.data import anatomy, tumor_growth
 from cascade.data.cases import MODALITIES
-from cascade.data.realistic import generate_case, generate_realistic
-from cascade.data.synthetic import write_dataset
+from cascade.synthesis import anatomy, tumor_growth
+from cascade.synthesis.dataset import write_dataset
+from cascade.synthesis.realistic import generate_case, generate_realistic
 
 # A coarse grid over the BraTS field of view (2.5 mm voxels): the same anatomy, 1/16 the voxels.
 SHAPE = (96, 96, 62)

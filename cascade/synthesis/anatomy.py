@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from types import ModuleType
 
 import numpy as np
 from scipy import ndimage
 
-from cascade.data.synthetic import BRATS_SHAPE, smooth_noise
+from cascade.synthesis.fields import BRATS_SHAPE, smooth_noise
 
 # Where the template's brain lands in the BraTS grid: its left-right and front-back centre on the
 # BraTS brain's, its vertex near the top of the grid (BraTS cuts the brainstem, not the vertex).
@@ -42,10 +43,29 @@ class Template:
     brain_depth: np.ndarray  # mm below the brain surface
 
 
+class MissingExtraError(RuntimeError):
+    """A generator needs a package of the `synthesis` extra that is not installed."""
+
+
+def require_nilearn() -> ModuleType:
+    """nilearn's datasets module, or a MissingExtraError that says how to install it.
+
+    Imported here, not at module level: it is heavy and only realistic cases need it.
+    """
+    try:
+        from nilearn import datasets
+    except ImportError:
+        raise MissingExtraError(
+            "realistic generated cases need nilearn (the MNI152 template): "
+            "pip install 'cascade[synthesis]'"
+        ) from None
+    return datasets
+
+
 @lru_cache(maxsize=1)
 def load_template() -> Template:
     """The MNI152 2009 maps at 1 mm, CSF and ventricles derived from them (once per process)."""
-    from nilearn import datasets  # heavy import, only for realistic cases
+    datasets = require_nilearn()
 
     gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).dataobj, np.float32)
     wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj, np.float32)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from cascade.data.anatomy import Anatomy
 from cascade.data.cases import MODALITIES
-from cascade.data.synthetic import smooth_noise
+from cascade.synthesis.anatomy import Anatomy
+from cascade.synthesis.fields import smooth_noise
 
 # Mean intensity ranges relative to white matter (= 1).
 # csf, gm, edema, necrosis, enhancing, non-enhancing core, vessels and dura
