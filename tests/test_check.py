@@ -80,3 +80,17 @@ def test_module_entry_point(write_case, tmp_path):
     assert result.returncode == 1
     assert f"ERROR {paths['label']}: not a gzip file" in result.stdout
     assert result.stderr == ""
+
+
+def test_a_folder_of_linked_case_folders_is_checked(write_case, tmp_path, capsys):
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for case_id in ("Case_001", "Case_002"):
+        folder = write_case(root=tmp_path / "store", case_id=case_id)["t1"].parent
+        (subset / case_id).symlink_to(folder)
+
+    code = main([str(subset)])
+
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert code == 0
+    assert rows[1:3] == ["Case_001", "Case_002"]
