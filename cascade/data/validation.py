@@ -120,7 +120,23 @@ def validate_case(case: Case, scheme: LabelScheme | None = None) -> CaseSummary:
         spacing=grids[reference].spacing,
         labelled=case.label is not None,
         label_counts=counts,
-        notes=case.notes,
+        notes=case.notes + _resampling_notes(grids, reference),
+    )
+
+
+def _describe(grid: Grid) -> str:
+    shape = "x".join(str(size) for size in grid.shape)
+    return f"{shape} at {'x'.join(f'{zoom:.4g}' for zoom in grid.spacing)} mm"
+
+
+def _resampling_notes(grids: Mapping[str, Grid], reference: str) -> tuple[str, ...]:
+    """One note per modality on a grid of its own: preprocessing resamples it onto the
+    reference's (geometry.align_modalities), which a user should know of."""
+    return tuple(
+        f"{modality} lies on a grid of its own ({_describe(grid)}): resampled onto the "
+        f"{reference} grid ({_describe(grids[reference])})"
+        for modality, grid in grids.items()
+        if not grid.same_as(grids[reference])
     )
 
 
