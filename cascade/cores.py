@@ -6,20 +6,29 @@ quota (containers, ``systemd-run -p CPUQuota``). Torch's OpenMP threads and the 
 are sized to the smaller of the two, or to ``CASCADE_CORES`` when set; OpenMP threads that
 outnumber the cores spin waiting for each other, and two jobs on one 2-core machine then ran
 6.5 times slower than one alone instead of twice.
+
+Per-case work (checking, preprocessing, generating) runs one case per process over the job's
+cores (`map_in_processes`), each process on one thread.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
-from collections.abc import MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 CORES_VARIABLE = "CASCADE_CORES"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -99,14 +108,18 @@ def plan(cores: int, workers: MutableMapping[str, int] | dict[str, int]) -> JobS
     return JobSize(cores, max(1, cores - busiest), capped)
 
 
+def process_cores(devices: object = 1) -> int:
+    """Cores of each process when the ``trainer.devices`` processes of DDP share the job's."""
+    processes = devices if isinstance(devices, int) and devices > 1 else 1
+    return max(1, available_cores() // processes)
+
+
 def size_training(cfg) -> JobSize:
     """Set torch's threads and cap ``data.stage1/stage2.num_workers`` in `cfg` (in place) to the
     cores of this job, shared by the ``trainer.devices`` processes of DDP on one machine."""
     from omegaconf import open_dict
 
-    devices = cfg.trainer.get("devices", 1)
-    processes = devices if isinstance(devices, int) and devices > 1 else 1
-    cores = max(1, available_cores() // processes)
+    cores = process_cores(cfg.trainer.get("devices", 1))
     loaders = {name: int(cfg.data[name].num_workers) for name in ("stage1", "stage2")}
     size = plan(cores, loaders)
     with open_dict(cfg):
@@ -129,3 +142,28 @@ def size_inference(threads: int | None = None) -> int:
     count = threads or available_cores()
     torch.set_num_threads(count)
     return count
+
+
+def map_in_processes(
+    function: Callable[[Item], Result], items: Iterable[Item], processes: int
+) -> Iterator[Result]:
+    """`function` of each item, in order, computed in `processes` processes of one torch thread
+    each (in this process when one is enough). The processes are spawned, not forked: a fork
+    of a process whose OpenMP threads have run can hang in the child; `function` and the items
+    must therefore pickle (a module-level function)."""
+    items = list(items)
+    processes = min(processes, len(items))
+    if processes <= 1:
+        yield from map(function, items)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_one_thread) as pool:
+        yield from pool.map(function, items)
+
+
+def _one_thread() -> None:
+    """Each of the processes sharing the cores runs on one (torch's and SimpleITK's threads)."""
+    import SimpleITK
+
+    torch.set_num_threads(1)
+    SimpleITK.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
