@@ -3,7 +3,8 @@
 Prints one table row per good case, a ``note`` line where a release quirk was read (which file
 was taken as the segmentation), one ``ERROR <file>: <problem>`` line per bad case or folder, the
 label scheme, and the counts. Exits 1 if any case is bad or no case is found. A dataset this
-calls good trains: `cascade.train` runs the same checks.
+calls good trains: `cascade.train` runs the same checks. Cases are read one per process over the
+job's cores (`cascade.cores`), rows printed in order.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from cascade.cores import available_cores, map_in_processes
 from cascade.data.cases import Case, CaseSummary
 from cascade.data.discovery import scan_cases
 from cascade.data.errors import CaseError
@@ -56,11 +58,12 @@ def check(
     id_width = max([len(_COLUMNS[0])] + [len(case.case_id) for case in cases])
     if cases:
         print(_format(_COLUMNS, id_width), flush=True)
-    for case in cases:
-        try:
-            summary = validate_case(case, forced)
-        except CaseError as error:
-            problems.append(error)
+    jobs = [(case, forced) for case in cases]
+    for case, summary in zip(
+        cases, map_in_processes(_validated, jobs, available_cores()), strict=True
+    ):
+        if isinstance(summary, CaseError):
+            problems.append(summary)
             continue
         summaries.append(summary)
         good.append(case)
@@ -76,6 +79,14 @@ def check(
         except CaseError as error:
             problems.append(error)
     return summaries, problems, scheme
+
+
+def _validated(job: tuple[Case, LabelScheme | None]) -> CaseSummary | CaseError:
+    """The summary of a good case, the problem of a bad one (it runs in worker processes)."""
+    try:
+        return validate_case(*job)
+    except CaseError as error:
+        return error
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,26 +2,43 @@
 
 A job sees every core of the machine through ``os.cpu_count()``, but a launcher may give it
 fewer: an affinity mask (``taskset``, SLURM, a sweep launcher pinning jobs) or a cgroup v2 CPU
-quota (containers, ``systemd-run -p CPUQuota``). Torch's OpenMP threads and the loader workers
-are sized to the smaller of the two, or to ``CASCADE_CORES`` when set; OpenMP threads that
-outnumber the cores spin waiting for each other, and two jobs on one 2-core machine then ran
-6.5 times slower than one alone instead of twice.
+quota (containers, ``systemd-run -p CPUQuota``). Torch's threads and the loader workers are sized
+to the smaller of the two, or to ``CASCADE_CORES`` when set.
+
+Torch gets every core and the loader workers share them: a worker crops samples and sleeps
+while the training step runs, so keeping a core for it left one idle most of the time (a lone
+run was 1.39x slower). What made sharing costly is OpenMP's busy waiting: a torch thread that
+reaches a barrier spins for its peers, and when more threads than cores are runnable (two jobs
+on one machine, or a worker awake) the spinning thread holds the core its peer needs; two jobs
+on a 2-core machine with 2 threads each ran 6.5 times slower than one alone instead of about
+twice. `wait_passively` makes waiting threads sleep instead; it must run before torch is
+imported, which is why this module imports torch only where it sets threads.
+
+Per-case work (checking, preprocessing, generating) runs one case per process over the job's
+cores (`map_in_processes`), each process on one thread.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
-from collections.abc import MutableMapping
+import sys
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
 CORES_VARIABLE = "CASCADE_CORES"
+# OpenMP threads that wait sleep rather than spin (read once, when torch loads OpenMP)
+PASSIVE_WAITING = {"OMP_WAIT_POLICY": "PASSIVE"}
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -92,11 +109,25 @@ class JobSize:
 
 
 def plan(cores: int, workers: MutableMapping[str, int] | dict[str, int]) -> JobSize:
-    """Loader workers capped at cores - 1 (one core stays with the training process), and torch
-    threads on the cores the busiest loader leaves: workers + threads <= cores."""
+    """Torch threads on every core; loader workers capped at cores - 1, so that with the
+    training process they never outnumber the cores when all of them are busy at once."""
     capped = {name: min(int(count), max(0, cores - 1)) for name, count in workers.items()}
-    busiest = max(capped.values(), default=0)
-    return JobSize(cores, max(1, cores - busiest), capped)
+    return JobSize(cores, cores, capped)
+
+
+def wait_passively(environment: MutableMapping[str, str] = os.environ) -> None:
+    """Make OpenMP's waiting threads sleep (unless the user chose a policy), before torch loads
+    OpenMP: then torch threads and loader workers can share cores without spinning on them."""
+    if "torch" in sys.modules:
+        log.warning("torch is already imported: OpenMP keeps its busy waiting in this process")
+    for name, value in PASSIVE_WAITING.items():
+        environment.setdefault(name, value)
+
+
+def process_cores(devices: object = 1) -> int:
+    """Cores of each process when the ``trainer.devices`` processes of DDP share the job's."""
+    processes = devices if isinstance(devices, int) and devices > 1 else 1
+    return max(1, available_cores() // processes)
 
 
 def size_training(cfg) -> JobSize:
@@ -104,14 +135,14 @@ def size_training(cfg) -> JobSize:
     cores of this job, shared by the ``trainer.devices`` processes of DDP on one machine."""
     from omegaconf import open_dict
 
-    devices = cfg.trainer.get("devices", 1)
-    processes = devices if isinstance(devices, int) and devices > 1 else 1
-    cores = max(1, available_cores() // processes)
+    cores = process_cores(cfg.trainer.get("devices", 1))
     loaders = {name: int(cfg.data[name].num_workers) for name in ("stage1", "stage2")}
     size = plan(cores, loaders)
     with open_dict(cfg):
         for name, count in size.workers.items():
             cfg.data[name].num_workers = count
+    import torch
+
     torch.set_num_threads(size.torch_threads)
     if size.workers != loaders:
         log.info(
@@ -126,6 +157,34 @@ def size_training(cfg) -> JobSize:
 
 def size_inference(threads: int | None = None) -> int:
     """Torch threads for prediction: `threads`, or one per available core."""
+    import torch
+
     count = threads or available_cores()
     torch.set_num_threads(count)
     return count
+
+
+def map_in_processes(
+    function: Callable[[Item], Result], items: Iterable[Item], processes: int
+) -> Iterator[Result]:
+    """`function` of each item, in order, computed in `processes` processes of one torch thread
+    each (in this process when one is enough). The processes are spawned, not forked: a fork
+    of a process whose OpenMP threads have run can hang in the child; `function` and the items
+    must therefore pickle (a module-level function)."""
+    items = list(items)
+    processes = min(processes, len(items))
+    if processes <= 1:
+        yield from map(function, items)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_one_thread) as pool:
+        yield from pool.map(function, items)
+
+
+def _one_thread() -> None:
+    """Each of the processes sharing the cores runs on one (torch's and SimpleITK's threads)."""
+    import SimpleITK
+    import torch
+
+    torch.set_num_threads(1)
+    SimpleITK.ProcessObject.SetGlobalDefaultNumberOfThreads(1)

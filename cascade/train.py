@@ -22,6 +22,7 @@ from cascade.config import (
     register_resolvers,
 )
 from cascade.config.check import ConfigError, check_config
+from cascade.cores import wait_passively
 
 # what a config error exits with, as argparse does for a bad command line
 CONFIG_ERROR_STATUS = 2
@@ -58,6 +59,7 @@ def _config_error(message: str) -> None:
 
 
 def main() -> None:
+    wait_passively()  # before torch is imported: its threads then share cores with loader workers
     register_resolvers()
     pin_ddp_child_to_parent_job()
     sys.argv = [sys.argv[0], *experiment_without_plus(sys.argv[1:])]

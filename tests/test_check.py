@@ -80,3 +80,34 @@ def test_module_entry_point(write_case, tmp_path):
     assert result.returncode == 1
     assert f"ERROR {paths['label']}: not a gzip file" in result.stdout
     assert result.stderr == ""
+
+
+def test_a_folder_of_linked_case_folders_is_checked(write_case, tmp_path, capsys):
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for case_id in ("Case_001", "Case_002"):
+        folder = write_case(root=tmp_path / "store", case_id=case_id)["t1"].parent
+        (subset / case_id).symlink_to(folder)
+
+    code = main([str(subset)])
+
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert code == 0
+    assert rows[1:3] == ["Case_001", "Case_002"]
+
+
+def test_a_modality_on_a_grid_of_its_own_is_noted_with_both_grids(write_case, tmp_path, capsys):
+    files = write_case(root=tmp_path / "data", case_id="Case_001")
+    flair = nib.load(files["flair"])  # one slice short, on the others' affine
+    short = np.asarray(flair.dataobj)[:, :, :15]
+    nib.save(nib.Nifti1Image(short, flair.affine), files["flair"])
+    write_case(root=tmp_path / "data", case_id="Case_002")
+
+    code = main([str(tmp_path / "data")])
+
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note")]
+    assert code == 0
+    assert notes == [
+        "note Case_001: flair lies on a grid of its own (24x24x15 at 1x1x1 mm): resampled onto "
+        "the t1 grid (24x24x16 at 1x1x1 mm)"
+    ]

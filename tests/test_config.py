@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, OverrideParseException
 
@@ -40,8 +41,9 @@ def searchpath(tmp_path_factory) -> str:
     return f"hydra.searchpath=[file://{folder}]"
 
 
-def config_error(*overrides: str) -> str | None:
-    """The one line `python -m cascade.train` would print after ``config error:``, or None."""
+def config_error(*overrides: str, gpus: int = 2) -> str | None:
+    """The one line `python -m cascade.train` would print after ``config error:``, or None, on
+    a machine with `gpus` GPUs (two: every shipped trainer fits)."""
     register_resolvers()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -49,7 +51,7 @@ def config_error(*overrides: str) -> str | None:
     except (ConfigCompositionException, OverrideParseException) as error:
         return composition_error_line(error)
     try:
-        check_config(cfg)
+        check_config(cfg, gpus=gpus)
     except ConfigError as error:
         return str(error)
     return None
@@ -214,6 +216,52 @@ def test_a_mistyped_interpolation_is_named(tmp_path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("overrides", "gpus", "message"),
+    [
+        (
+            ["+experiment=f32_d5"],
+            0,
+            "trainer.accelerator=gpu trainer.devices=2 asks for 2 GPU(s), this machine has "
+            "none: add trainer=default to run on the CPU",
+        ),
+        (
+            ["+experiment=f32_d5"],
+            1,
+            "trainer.accelerator=gpu trainer.devices=2 asks for 2 GPU(s), this machine has 1: "
+            "add trainer.devices=1 trainer.strategy=auto, or trainer=default for one device",
+        ),
+        (
+            ["trainer.devices=[0,3]"],
+            2,
+            "trainer.accelerator=auto trainer.devices=[0, 3] asks for 4 GPU(s), this machine "
+            "has 2: add trainer.devices=2 trainer.strategy=auto, or trainer=default for one device",
+        ),
+        (
+            ["trainer.accelerator=cuda", "+trainer.stage2.devices=3"],
+            2,
+            "trainer.accelerator=cuda trainer.stage2.devices=3 asks for 3 GPU(s), this machine "
+            "has 2: add trainer.devices=2 trainer.strategy=auto, or trainer=default for one device",
+        ),
+    ],
+)
+def test_more_gpus_than_the_machine_has_are_named_with_the_override(overrides, gpus, message):
+    assert config_error(*overrides, gpus=gpus) == message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "gpus"),
+    [
+        (["+experiment=f32_d5", "trainer=default"], 0),
+        (["+experiment=f32_d5", "trainer.devices=1", "trainer.strategy=auto"], 1),
+        (["trainer.devices=2"], 0),  # accelerator auto without GPUs: two CPU processes
+        (["trainer.accelerator=gpu", "trainer.devices=-1"], 1),
+    ],
+)
+def test_gpus_the_machine_has_pass(overrides, gpus) -> None:
+    assert config_error(*overrides, gpus=gpus) is None
+
+
 def test_experiment_with_or_without_plus_composes_the_same_config() -> None:
     assert experiment_without_plus(["experiment=smoke", "+experiment=smoke", "seed=1"]) == [
         "experiment=smoke",
@@ -254,6 +302,19 @@ def train(*overrides: str, cwd: Path) -> tuple[subprocess.CompletedProcess, floa
             "unknown key trainer.stage2.max_epoch (did you mean trainer.stage2.max_epochs?)",
         ),
         (["+experiment=smoke", "stage=3"], "stage=3 must be one of 1, 2, all"),
+        pytest.param(
+            ["+experiment=f32_d5"],
+            "trainer.accelerator=gpu trainer.devices=2 asks for 2 GPU(s), this machine has "
+            f"{torch.cuda.device_count() or 'none'}: add "
+            + (
+                "trainer=default to run on the CPU"
+                if not torch.cuda.device_count()
+                else f"trainer.devices={torch.cuda.device_count()} trainer.strategy=auto, or "
+                "trainer=default for one device"
+            ),
+            marks=pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="two GPUs here"),
+            id="f32_d5 without two GPUs",
+        ),
     ],
 )
 def test_the_entry_point_stops_in_seconds_with_one_line(

@@ -1,6 +1,8 @@
 """Cores of a job from its affinity mask, its cgroup v2 quota or CASCADE_CORES."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -56,14 +58,32 @@ def test_an_explicit_setting_wins(monkeypatch):
         cores.available_cores()
 
 
-def test_workers_and_threads_fit_the_cores():
+def test_torch_gets_every_core_and_workers_leave_one_to_training():
     assert cores.plan(2, {"stage1": 4, "stage2": 1}) == cores.JobSize(
-        2, 1, {"stage1": 1, "stage2": 1}
+        2, 2, {"stage1": 1, "stage2": 1}
     )
     assert cores.plan(1, {"stage1": 4, "stage2": 4}).workers == {"stage1": 0, "stage2": 0}
     assert cores.plan(1, {"stage1": 4}).torch_threads == 1
     size = cores.plan(16, {"stage1": 4, "stage2": 2})
-    assert size.workers == {"stage1": 4, "stage2": 2} and size.torch_threads == 12
+    assert size.workers == {"stage1": 4, "stage2": 2} and size.torch_threads == 16
+
+
+def test_waiting_threads_sleep_unless_the_user_chose(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch")  # as before torch is imported
+    environment = {}
+    cores.wait_passively(environment)
+    assert environment == {"OMP_WAIT_POLICY": "PASSIVE"}
+    chosen = {"OMP_WAIT_POLICY": "ACTIVE"}
+    cores.wait_passively(chosen)
+    assert chosen == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_the_training_entry_point_loads_torch_after_choosing_the_waiting():
+    """OpenMP reads its waiting policy once, when torch loads it: cascade.train must set it
+    before anything it imports loads torch."""
+    probe = "import sys, cascade.train; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stdout.split() == ["False"], result.stderr[-2000:]
 
 
 def test_training_config_is_sized_in_place(monkeypatch):
@@ -77,7 +97,7 @@ def test_training_config_is_sized_in_place(monkeypatch):
     )
     try:
         size = cores.size_training(cfg)  # two DDP processes share the 4 cores
-        assert size.cores == 2 and torch.get_num_threads() == 1
+        assert size.cores == 2 and torch.get_num_threads() == 2
         assert cfg.data.stage1.num_workers == 1 and cfg.data.stage2.num_workers == 1
     finally:
         torch.set_num_threads(threads)

@@ -86,6 +86,16 @@ def test_predictions_keep_geometry_and_label_convention(checkpoint, tmp_path, wr
     assert (output / "A.png").stat().st_size > 0
 
 
+def test_a_folder_of_linked_case_folders_is_predicted(checkpoint, tmp_path, write_case) -> None:
+    subset, output = tmp_path / "subset", tmp_path / "seg"
+    subset.mkdir()
+    for case_id in ("A", "B"):
+        folder = write_case(tmp_path / "store", case_id=case_id)["t1"].parent
+        (subset / case_id).symlink_to(folder)
+    assert predict(_args(checkpoint, subset, output)) == 0
+    assert sorted(path.name for path in output.iterdir()) == ["A.nii.gz", "B.nii.gz", "volumes.csv"]
+
+
 def test_a_bad_case_is_skipped_in_one_line_and_leaves_no_file(
     checkpoint, tmp_path, write_case, capsys
 ) -> None:

@@ -105,6 +105,22 @@ def test_checkpoint_predicts_in_the_input_geometry(smoke_run, tmp_path) -> None:
     assert set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1, 2, 4}
 
 
+def test_a_folder_of_linked_case_folders_trains(smoke_run, tmp_path) -> None:
+    cache, _ = smoke_run
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for folder in sorted((cache / "synthetic").glob("*/Synth_*")):
+        (subset / folder.name).symlink_to(folder)
+    run = tmp_path / "run"
+    overrides = [*TINY, "data=brats", "data.labels=brats2020", "trainer.stage2.max_epochs=1"]
+    result = train(
+        *overrides, f"data.root={subset}", f"cache_dir={tmp_path}", f"hydra.run.dir={run}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 labelled cases under" in (run / "train.log").read_text()
+    assert (run / "cascade.ckpt").is_file()
+
+
 def test_finished_stages_are_reused_and_a_sweep_writes_one_result_per_job(smoke_run) -> None:
     cache, _ = smoke_run
     sweep = cache.parent / "sweep"

@@ -1,6 +1,7 @@
 """``check_config``: the first problem of a composed training config, in one line, before any data
 are read: a key added to a schema node, a value left ``???`` or interpolating a missing key, a
-value rule broken, a ``_target_`` that does not import or a key that is no argument of it."""
+value rule broken, a ``_target_`` that does not import or a key that is no argument of it, or
+more GPUs than the machine has."""
 
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ _PASSES_KEYWORDS_TO = {"lightning.pytorch.loggers.wandb.WandbLogger": "wandb.ini
 _ABSENT = object()
 
 
-def check_config(cfg: DictConfig) -> None:
+def check_config(cfg: DictConfig, gpus: int | None = None) -> None:
     """Raise ConfigError for the first problem of a composed training config.
 
     Cheap checks first; the last import the classes of the ``_target_`` nodes and the Lightning
-    Trainer to read their arguments, as the run would a moment later.
+    Trainer to read their arguments, as the run would a moment later, and compare the GPUs the
+    trainer asks for with `gpus` (None: those torch sees on this machine).
     """
     problem = (
         _added_key(cfg)
@@ -43,6 +45,7 @@ def check_config(cfg: DictConfig) -> None:
         or agreement_problem(cfg)
         or _target_problem(cfg)
         or _trainer_problem(cfg.trainer)
+        or _device_problem(cfg.trainer, gpus)
     )
     if problem:
         raise ConfigError(problem)
@@ -192,4 +195,54 @@ def _argument_problem(key: str, node: DictConfig, target: Any, allowed=()) -> st
     for name in node:
         if name not in names and name not in allowed:
             return unknown_key(join_key(key, name), names)
+    return None
+
+
+def _gpus_asked(devices: Any, gpus: int) -> int:
+    """GPUs a Trainer's ``devices`` takes on a machine with `gpus`: a count, -1 or "auto" (all,
+    at least one), a list of indices or a string of them ("0,1"); the highest index counts."""
+    if devices in (-1, "-1", "auto"):
+        return max(gpus, 1)
+    if isinstance(devices, str):
+        devices = [int(index) for index in devices.split(",") if index.strip()]
+        if len(devices) == 1:  # "2" is a count, as Lightning reads it
+            return devices[0]
+    if isinstance(devices, (list, tuple, ListConfig)):
+        return max((int(index) + 1 for index in devices), default=0)
+    return int(devices)
+
+
+def _device_problem(trainer: DictConfig, gpus: int | None) -> str | None:
+    """More GPUs than the machine has (``accelerator: auto`` asks for GPUs only where there are
+    some: without, Lightning runs on the CPU). Lightning would fail only after the data were
+    checked and preprocessed, with a message that names no override."""
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    for stage in _TRAINER_STAGES:
+        # a stage's own value wins, as the pipeline merges them
+        accelerator_key, devices_key = (
+            f"{stage}.{key}" if key in trainer[stage] else key for key in ("accelerator", "devices")
+        )
+        accelerator = OmegaConf.select(trainer, accelerator_key, default="auto")
+        devices = OmegaConf.select(trainer, devices_key, default=1)
+        if accelerator not in ("gpu", "cuda") and not (accelerator == "auto" and gpus):
+            continue
+        try:
+            asked = _gpus_asked(_show(devices), gpus)
+        except (TypeError, ValueError):
+            return (
+                f"trainer.{devices_key}={devices} is not a GPU count, -1, auto or a list of GPU "
+                "indices"
+            )
+        if asked <= gpus:
+            continue
+        fix = "trainer=default to run on the CPU"
+        if gpus:
+            fix = f"trainer.devices={gpus} trainer.strategy=auto, or trainer=default for one device"
+        return (
+            f"trainer.{accelerator_key}={accelerator} trainer.{devices_key}={_show(devices)} "
+            f"asks for {asked} GPU(s), this machine has {gpus or 'none'}: add {fix}"
+        )
     return None

@@ -128,7 +128,7 @@ RULES: dict[str, Rule] = {
     "synthetic.cases": at_least(1),
     "synthetic.shape": sizes(3),
     "data.generator": optional(one_of("phantom", "realistic")),
-    "synthetic.workers": at_least(1),
+    "synthetic.workers": optional(at_least(1)),
     "data.labels": one_of("auto", *SCHEMES),
     "data.split.val_count": optional(at_least(1)),
     "data.split.val_fraction": between(0, 1, open_low=True, open_high=True),

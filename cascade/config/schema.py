@@ -27,7 +27,7 @@ class SyntheticConfig:
     cases: int = MISSING
     shape: list[int] = MISSING
     seed: int = MISSING
-    workers: int = MISSING
+    workers: int | None = MISSING  # null: one per core of the job
 
 
 @dataclass

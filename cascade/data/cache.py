@@ -29,9 +29,9 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from cascade.data.labels import LabelScheme
 from cascade.data.patches import PRIOR_STEPS, sample_class_locations
 from cascade.data.preprocess import CaseMeta, Preprocessor, preprocess_case
 from cascade.io import atomic_path, remove_stale_temporaries, temporary_sibling, write_text_atomic
+
+if TYPE_CHECKING:
+    import torchio as tio
 
 # Part of the hashed settings: bump it when the stored arrays change meaning, so old caches
 # are not reused by new code.
@@ -171,18 +174,31 @@ class PreprocessCache:
         todo = [case for case in cases if not self.is_current(case)]
         if not todo:
             return
+        self.open_for_writing()
+        description = f"preprocess ({len(cases) - len(todo)} of {len(cases)} cached)"
+        for case in tqdm(todo, desc=description, unit="case", disable=not progress):
+            self.build_case(case)
+
+    def open_for_writing(self) -> None:
+        """Make the folder ready for `build_case` (once per run, before any case is built)."""
         if not (self.folder / "cases").is_dir():
             self._say_what_is_not_reused()
         (self.folder / "cases").mkdir(parents=True, exist_ok=True)
         self._write_settings()
         remove_stale_temporaries(self.folder / "cases")
-        description = f"preprocess ({len(cases) - len(todo)} of {len(cases)} cached)"
-        for case in tqdm(todo, desc=description, unit="case", disable=not progress):
-            with FileLock(self._lock_path(case.case_id)):
-                if self.is_current(case):  # another run built it while we waited
-                    continue
-                image, label, meta = preprocess_case(case, self.preprocessing)
-                self.write_case(image, label, meta, source_identity(case))
+
+    def build_case(
+        self, case: Case, subject_of: Callable[[Case], tio.Subject] | None = None
+    ) -> None:
+        """Preprocess and store `case` unless it is current, holding its lock (a run that built
+        it while this one waited wins). `subject_of` reads the case (default `load_subject`),
+        e.g. checking its voxels on the way."""
+        with FileLock(self._lock_path(case.case_id)):
+            if self.is_current(case):
+                return
+            subject = subject_of(case) if subject_of is not None else None
+            image, label, meta = preprocess_case(case, self.preprocessing, subject)
+            self.write_case(image, label, meta, source_identity(case))
 
     def write_case(
         self,

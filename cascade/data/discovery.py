@@ -8,7 +8,9 @@ Understood, as ``.nii`` or ``.nii.gz``, in any folder depth (HGG/LGG, Kaggle's d
 - the Medical Segmentation Decathlon (``dataset.json`` with ``imagesTr/``, ``labelsTr/``,
   ``imagesTs/``; one 4D image per case, its channels named in dataset.json).
 
-Other files (CSV tables, notes, hidden files such as macOS ``._*`` forks) are ignored. Release
+Symbolic links to case folders and files are followed (a split or a hold-out built as a folder of
+links), each real folder once, so a link back up the tree is no loop. Other files (CSV tables,
+notes, hidden files such as macOS ``._*`` forks) are ignored. Release
 quirks: a case folder with the four images and one other NIfTI file whose name says "seg" takes
 that file as the segmentation (BraTS 2020's case 355 ships ``W39_1998.09.19_Segm.nii``), and
 says so in the case's notes.
@@ -227,8 +229,16 @@ def scan_cases(root: Path | str) -> tuple[list[Case], list[CaseError]]:
     def unreadable(error: OSError) -> None:
         errors.append(CaseError(error.filename, f"cannot list folder ({error.strerror})"))
 
-    for folder_name, folder_names, file_names in os.walk(root, onerror=unreadable):
+    visited: set[str] = set()  # real paths of the folders walked: a linked folder once
+    for folder_name, folder_names, file_names in os.walk(
+        root, onerror=unreadable, followlinks=True
+    ):
         folder = Path(folder_name)
+        real = os.path.realpath(folder)
+        if real in visited:  # a second link to it, or a link back up the tree
+            folder_names[:] = []
+            continue
+        visited.add(real)
         folder_names[:] = sorted(name for name in folder_names if not _hidden(name))
         if MSD_DESCRIPTION in file_names:
             folder_cases, folder_errors = scan_msd(folder)

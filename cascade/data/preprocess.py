@@ -129,16 +129,18 @@ def _hashable(affine: list[list[float]]) -> tuple[tuple[float, ...], ...]:
 
 
 def preprocess_case(
-    case: Case, preprocessor: Preprocessor | tio.Transform
+    case: Case, preprocessor: Preprocessor | tio.Transform, subject: tio.Subject | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, CaseMeta]:
-    """Load and preprocess one case; needs no label (also used on new patients).
+    """Load (or take the `load_subject(case)` already read) and preprocess one case; needs no
+    label (also used on new patients).
 
     Returns the image float32 (4, x, y, z) C-contiguous in MODALITIES order, the label uint8
     (x, y, z) classes or None, and the geometry to restore predictions.
     """
     if not isinstance(preprocessor, Preprocessor):
         preprocessor = Preprocessor(preprocessor)
-    subject = load_subject(case)
+    if subject is None:
+        subject = load_subject(case)
     grids = {modality: Grid.of(subject[modality]) for modality in MODALITIES}
     reference = reference_modality(grids)
     subject = align_modalities(subject, reference)

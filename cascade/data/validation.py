@@ -78,49 +78,94 @@ def _image_grids(case: Case) -> tuple[dict[str, Grid], dict[str, nib.Nifti1Image
     return grids, headers
 
 
+def check_files(case: Case) -> tuple[dict[str, Grid], str]:
+    """The headers of the case's images: readable NIfTI of the right dimensions, overlapping in
+    physical space. Returns each modality's grid and the reference modality (CaseError else)."""
+    grids, _, reference = _checked_headers(case)
+    return grids, reference
+
+
+def _checked_headers(case: Case) -> tuple[dict[str, Grid], dict[str, nib.Nifti1Image], str]:
+    grids, headers = _image_grids(case)
+    check_overlap(grids, case.images)
+    return grids, headers, reference_modality(grids)
+
+
+def check_image_voxels(path, channels: Mapping[str, np.ndarray]) -> None:
+    """Finite values and some signal in each modality's voxels (`channels`: modality -> array
+    read from `path`); CaseError else."""
+    for name, channel in channels.items():
+        _check_finite(path, channel)
+        # Small negative values are normal (interpolation), so only "no signal at all" is flagged.
+        if not channel.any():
+            raise CaseError(path, f"{name} image is all zero")
+
+
+def check_label(
+    case: Case, grids: Mapping[str, Grid], reference: str, scheme: LabelScheme | None = None
+) -> dict[int, int]:
+    """Read the case's label (if any): on the reference grid, integral values in `scheme` (None:
+    in the schemes of the case's naming). Returns voxels per file label value."""
+    if case.label is None:
+        return {}
+    header = load_header(case.label)
+    _check_on_grid(case.label, Grid.of(header), case.images[reference], grids[reference])
+    data = read_voxels(case.label, header)
+    if scheme is not None:
+        return label_counts(case.label, data, scheme)
+    counts = label_counts(case.label, data)
+    _check_naming_values(case, counts)
+    return counts
+
+
+def summarise(
+    case: Case, grids: Mapping[str, Grid], reference: str, counts: Mapping[int, int]
+) -> CaseSummary:
+    """What checking `case` found; shape and spacing are those of the reference grid."""
+    return CaseSummary(
+        case_id=case.case_id,
+        shape=grids[reference].shape,
+        spacing=grids[reference].spacing,
+        labelled=case.label is not None,
+        label_counts=dict(counts),
+        notes=case.notes + _resampling_notes(grids, reference),
+    )
+
+
 def validate_case(case: Case, scheme: LabelScheme | None = None) -> CaseSummary:
     """Read every file of `case` and check it is usable; raise CaseError for the first defect.
 
     Label values are checked against `scheme`, or (None) against the schemes of the case's naming.
     The summary's shape and spacing are those of the reference grid the case is read on.
     """
-    grids, headers = _image_grids(case)
-    check_overlap(grids, case.images)
-    reference = reference_modality(grids)
+    grids, headers, reference = _checked_headers(case)
     checked_files = set()
     for modality, path in case.images.items():
         if path in checked_files:
             continue
         checked_files.add(path)
         data = read_voxels(path, headers[modality])
-        _check_finite(path, data)
         if case.channels is None:
             channels = {modality: data}
         else:
             channels = {name: data[..., index] for name, index in case.channels.items()}
-        # Small negative values are normal (interpolation), so only "no signal at all" is flagged.
-        for name, channel in channels.items():
-            if not channel.any():
-                raise CaseError(path, f"{name} image is all zero")
+        check_image_voxels(path, channels)
+    return summarise(case, grids, reference, check_label(case, grids, reference, scheme))
 
-    counts: dict[int, int] = {}
-    if case.label is not None:
-        header = load_header(case.label)
-        _check_on_grid(case.label, Grid.of(header), case.images[reference], grids[reference])
-        data = read_voxels(case.label, header)
-        if scheme is None:
-            counts = label_counts(case.label, data)
-            _check_naming_values(case, counts)
-        else:
-            counts = label_counts(case.label, data, scheme)
 
-    return CaseSummary(
-        case_id=case.case_id,
-        shape=grids[reference].shape,
-        spacing=grids[reference].spacing,
-        labelled=case.label is not None,
-        label_counts=counts,
-        notes=case.notes,
+def _describe(grid: Grid) -> str:
+    shape = "x".join(str(size) for size in grid.shape)
+    return f"{shape} at {'x'.join(f'{zoom:.4g}' for zoom in grid.spacing)} mm"
+
+
+def _resampling_notes(grids: Mapping[str, Grid], reference: str) -> tuple[str, ...]:
+    """One note per modality on a grid of its own: preprocessing resamples it onto the
+    reference's (geometry.align_modalities), which a user should know of."""
+    return tuple(
+        f"{modality} lies on a grid of its own ({_describe(grid)}): resampled onto the "
+        f"{reference} grid ({_describe(grids[reference])})"
+        for modality, grid in grids.items()
+        if not grid.same_as(grids[reference])
     )
 
 

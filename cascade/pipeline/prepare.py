@@ -1,5 +1,9 @@
 """First steps of a run: the cases (generated if synthetic), their check and label scheme, the
-split, the cache."""
+split, the cache.
+
+Generating, checking and preprocessing run one case per process over the job's cores
+(`cascade.cores`); a case is checked and preprocessed from one read of its images.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,17 @@ import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
+from cascade.cores import available_cores, map_in_processes
 from cascade.data.cache import PreprocessCache
 from cascade.data.cases import Case
 from cascade.data.discovery import scan_cases
 from cascade.data.errors import CaseError
+from cascade.data.intake import check_and_store_case
 from cascade.data.labels import LabelScheme
 from cascade.data.split import read_case_list, read_split, split_cases, write_split
-from cascade.data.validation import resolve_scheme, validate_case, with_scheme
+from cascade.data.validation import resolve_scheme, with_scheme
 from cascade.ranks import is_global_zero
 from cascade.synthesis.dataset import write_dataset
 
@@ -44,7 +51,7 @@ def prepare_cases(data: DictConfig, synthetic: DictConfig | None = None) -> list
             tuple(synthetic.shape),
             synthetic.seed,
             generator=data.generator,
-            workers=synthetic.workers,
+            workers=synthetic.workers or available_cores(),
         )
     cases, problems = scan_cases(root)
     if problems:
@@ -89,39 +96,20 @@ def prepare_split(
     return train, val, test
 
 
-def check_cases(cases: list[Case]) -> dict[str, tuple[int, ...]]:
-    """Validate cases (readable, overlapping grids, finite, label values of their naming);
-    list every bad one. Returns the distinct label values of each labelled case."""
-    problems, values = [], {}
-    for case in cases:
-        try:
-            summary = validate_case(case)
-        except CaseError as error:
-            problems.append(str(error))
-            continue
-        values[case.case_id] = tuple(summary.label_counts)
-    if problems:
-        raise DataError(
-            f"{len(problems)} bad case(s) (python -m cascade.check lists them):\n"
-            + "\n".join(problems)
-        )
-    return values
-
-
 def prepare_cache(
     cases: list[Case], preprocessing: DictConfig, cache_dir: Path, labels: str | None = None
 ) -> tuple[PreprocessCache, list[Case], LabelScheme]:
-    """Settle the label scheme (`labels`, or detected), then preprocess every case once (to the
-    training geometry, crop, clip, robust z-score) into the memory-mapped cache.
+    """Check and preprocess every case once (to the training geometry, crop, clip, robust
+    z-score) into the memory-mapped cache, then settle the label scheme (`labels`, or detected).
 
-    Only cases not cached yet, or whose files changed since, are read in full: a cached case
-    was checked when it was stored and its label values are in its meta, and re-reading a whole
-    dataset on every run (and on every DDP rank) costs minutes. Returns the cache, the cases in
-    the scheme, and the scheme.
+    Only cases not cached yet, or whose files changed since, are read: a cached case was checked
+    when it was stored and its label values are in its meta, and re-reading a whole dataset on
+    every run (and on every DDP rank) costs minutes. Any bad case stops the run, all of them
+    listed; the good ones stay cached. Returns the cache, the cases in the scheme, and the scheme.
     """
     cache = PreprocessCache(cache_dir, OmegaConf.to_container(preprocessing, resolve=True))
     cached = {case.case_id for case in cases if cache.is_current(case, check_scheme=False)}
-    values = check_cases([case for case in cases if case.case_id not in cached])
+    values = check_and_store([case for case in cases if case.case_id not in cached], cache, labels)
     values.update({case_id: cache.meta(case_id).label_values for case_id in cached})
     try:
         scheme = resolve_scheme(cases, values, labels)
@@ -133,5 +121,32 @@ def prepare_cache(
         scheme.name,
         "forced" if labels not in (None, "auto") else "detected",
     )
-    cache.build(cases)
+    cache.build(cases)  # only cases stored with other classes than the dataset's scheme gives
     return cache, cases, scheme
+
+
+def check_and_store(
+    cases: list[Case], cache: PreprocessCache, labels: str | None = None
+) -> dict[str, tuple[int, ...]]:
+    """Check each case (readable, overlapping grids, finite, label values of its naming) and
+    store it preprocessed, one case per process over the job's cores; list every bad one.
+    Returns the distinct label values of each labelled case."""
+    if not cases:
+        return {}
+    cache.open_for_writing()
+    jobs = [(case, cache, labels) for case in cases]
+    problems, values = [], {}
+    results = map_in_processes(check_and_store_case, jobs, available_cores())
+    for case, (case_values, problem) in tqdm(
+        zip(cases, results, strict=True), total=len(cases), desc="check and preprocess", unit="case"
+    ):
+        if problem is None:
+            values[case.case_id] = case_values
+        else:
+            problems.append(problem)
+    if problems:
+        raise DataError(
+            f"{len(problems)} bad case(s) (python -m cascade.check lists them):\n"
+            + "\n".join(problems)
+        )
+    return values

@@ -205,3 +205,25 @@ def test_a_forced_scheme_is_checked_against_every_label(tmp_path):
     with pytest.raises(CaseError, match="label values 4 are not in the forced brats2023 scheme"):
         resolve_scheme(cases, values, "brats2023")
     assert resolve_scheme(cases, values, "brats2024") is SCHEMES["brats2024"]
+
+
+def test_linked_case_folders_and_files_are_found_once_without_loops(write_case, tmp_path):
+    store = tmp_path / "store"
+    first = write_case(root=store, case_id="Case_001")["t1"].parent
+    second = write_case(root=store, case_id="Case_002")["t1"].parent
+    flat = write_case(root=store / "flat", case_id="Case_003", flat=True)
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    (subset / "Case_001").symlink_to(first)
+    (subset / "again").symlink_to(first)  # a second link to one folder: one case
+    (subset / "Case_002").symlink_to(second)
+    (second / "up").symlink_to(subset)  # a link back up the tree: no loop
+    (subset / "Case_003").mkdir()
+    for path in flat.values():  # a case folder of linked files
+        (subset / "Case_003" / path.name).symlink_to(path)
+
+    cases, problems = scan_cases(subset)
+
+    assert problems == []
+    assert [case.case_id for case in cases] == ["Case_001", "Case_002", "Case_003"]
+    assert validate_case(cases[2]).labelled
