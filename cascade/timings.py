@@ -80,13 +80,13 @@ class PhaseTimings:
         _reset_peak_memory()
         start = time.perf_counter()
         yield progress
-        seconds = time.perf_counter() - start
+        seconds = round(time.perf_counter() - start, 3)
         phase = Phase(
             name=name,
-            seconds=round(seconds, 3),
+            seconds=seconds,
             count=progress.count,
             unit=unit,
-            per_second=round(progress.count / seconds, 3) if seconds > 0 else 0.0,
+            per_second=float(f"{progress.count / seconds:.4g}") if seconds > 0 else 0.0,
             peak_memory_bytes=_peak_memory(),
             detail=progress.detail,
         )
