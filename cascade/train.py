@@ -23,6 +23,7 @@ from cascade.config import (
 )
 from cascade.config.check import ConfigError, check_config
 from cascade.cores import wait_passively
+from cascade.messages import route_messages
 
 # what a config error exits with, as argparse does for a bad command line
 CONFIG_ERROR_STATUS = 2
@@ -42,6 +43,8 @@ def _train(cfg: DictConfig) -> float | None:
     from cascade.pipeline.prepare import DataError
     from cascade.synthesis.anatomy import MissingExtraError
 
+    route_messages()
+    _use_tensor_cores()
     size_training(cfg)  # torch threads and loader workers within this job's cores
     try:
         metrics = run(cfg)
@@ -51,6 +54,15 @@ def _train(cfg: DictConfig) -> float | None:
         sys.exit(1)
     # returned for Hydra sweepers that optimise a value (check_config knows it is a metric key)
     return None if metrics is None else metrics[cfg.optimized_metric]
+
+
+def _use_tensor_cores() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        # float32 matmuls on TF32 tensor cores (Ampere and later; no effect on older GPUs): several
+        # times faster, and these nets train the same with TF32's 10-bit mantissa
+        torch.set_float32_matmul_precision("high")
 
 
 def _config_error(message: str) -> None:

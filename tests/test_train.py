@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,15 @@ TINY = [
     "trainer.stage2.check_val_every_n_epoch=1",
     "evaluation.overlay_cases=1",
 ]
+PHASES = (
+    "generation",
+    "checking",
+    "preprocessing",
+    "stage1_fit",
+    "priors",
+    "stage2_fit",
+    "evaluation",
+)
 METRIC_KEYS = {
     "dice_wt",
     "dice_tc",
@@ -72,6 +82,7 @@ def smoke_run(tmp_path_factory) -> tuple[Path, Path]:
     cache, run = root / "cache", root / "run"
     result = train(*TINY, f"cache_dir={cache}", f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
+    (root / "console.txt").write_text(result.stdout + result.stderr)  # not a terminal
     return cache, run
 
 
@@ -87,6 +98,38 @@ def test_smoke_run_writes_every_output(smoke_run) -> None:
     model = load_checkpoint(run / "cascade.ckpt")
     assert model.settings.patch_size == (16, 16, 16)
     assert abs(float(model.mix.alpha.detach()) - metrics["alpha"]) < 1e-6
+
+
+def test_a_run_without_a_terminal_says_everything_once(smoke_run) -> None:
+    _, run = smoke_run
+    console, job_log = (run.parent / "console.txt").read_text(), (run / "train.log").read_text()
+    for text in (console, job_log):
+        assert text.count("Seed set to 0") == 1  # Lightning's message, through Hydra's logging
+        assert "Tip:" not in text
+        for phase in PHASES:
+            assert text.count(f"phase {phase}: ") == 1, phase
+        for epoch in ("stage1 epoch 1/1: ", "stage2 epoch 1/2: ", "stage2 epoch 2/2: "):
+            assert text.count(epoch) == 1, epoch
+    assert "val Dice wt " in console.split("stage2 epoch 2/2: ")[1].splitlines()[0]
+    assert not re.search(r"^INFO: ", console, re.MULTILINE)  # Lightning's own console handler
+
+
+def test_timings_json_lists_every_phase_with_its_rate(smoke_run) -> None:
+    _, run = smoke_run
+    phases = json.loads((run / "timings.json").read_text())["phases"]
+    assert [phase["name"] for phase in phases] == list(PHASES)
+    by_name = {phase["name"]: phase for phase in phases}
+    assert by_name["generation"]["count"] == by_name["checking"]["count"] == 4
+    assert by_name["preprocessing"]["detail"] == "0 of 4 already cached"
+    assert by_name["priors"]["count"] == 4  # train and validation cases
+    assert (by_name["stage1_fit"]["count"], by_name["stage1_fit"]["unit"]) == (16, "samples")
+    assert by_name["stage2_fit"]["count"] == 2 * 6  # epochs x patches_per_epoch
+    assert by_name["evaluation"]["count"] == 1
+    for phase in phases:
+        assert phase["seconds"] > 0 and phase["peak_memory_bytes"] is None  # CPU
+        assert phase["per_second"] == pytest.approx(phase["count"] / phase["seconds"], rel=0.01)
+    logged = (next(run.glob("logs/*/metrics.csv"))).read_text().splitlines()[0].split(",")
+    assert {f"timings/{name}/seconds" for name in PHASES} <= set(logged)
 
 
 def test_checkpoint_predicts_in_the_input_geometry(smoke_run, tmp_path) -> None:
@@ -175,7 +218,7 @@ def test_an_interrupted_stage2_fit_resumes_from_its_checkpoint(smoke_run) -> Non
     overrides = [*TINY, f"cache_dir={cache}", "logger=none", "trainer.stage2.max_epochs=3"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
-    cases = prepare.prepare_cases(cfg.data, cfg.synthetic)
+    cases = prepare.prepare_cases(cfg.data)
     train_ids, val_ids, _ = prepare.prepare_split(cases, cfg.data.split, run)
     store, cases, scheme = prepare.prepare_cache(cases, cfg.preprocessing, cache, cfg.data.labels)
     _, weights = stages.fit_stage1(cfg, scheme, store, train_ids, val_ids, None)
@@ -217,10 +260,16 @@ def test_speed_and_logging_settings_retrain_nothing(smoke_run, tmp_path) -> None
         *TINY, f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}", "logger=none",
         "data.stage2.num_workers=1", "trainer.log_every_n_steps=3",
         "model.inference.tta=true", "model.inference.window_batch_size=1",
+        "~callbacks.epoch_progress",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "Stage 1: reusing" in output and "Stage 2: reusing" in output
+    phases = json.loads((tmp_path / "run" / "timings.json").read_text())["phases"]
+    reused = {phase["name"]: (phase["count"], phase["detail"]) for phase in phases}
+    assert reused["preprocessing"] == (0, "4 of 4 already cached")
+    assert reused["priors"] == (0, "4 of 4 already written")
+    assert reused["stage1_fit"] == reused["stage2_fit"] == (0, "reused")
 
 
 def test_stage1_checkpoint_takes_a_lightning_checkpoint_of_stage1(smoke_run, tmp_path) -> None:
@@ -329,7 +378,9 @@ def test_two_nodes_train_together_and_rank_zero_writes_once(tmp_path) -> None:
     outputs = [node.communicate(timeout=900) for node in nodes]
     for node, (_, stderr) in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, stderr[-3000:]
-    assert "GLOBAL_RANK: 1" in outputs[1][1] or "global rank 1" in outputs[1][1].lower()
+    # Lightning's messages go through the run's logging (stdout and the job log)
+    node1 = outputs[1][0] + outputs[1][1]
+    assert "GLOBAL_RANK: 1" in node1 or "global rank 1" in node1.lower()
     assert json.loads((run / "metrics.json").read_text()).keys() >= METRIC_KEYS
     assert len(json.loads((run / "split.json").read_text())["val"]) == 1
     assert len(list(run.glob("cascade.ckpt"))) == 1

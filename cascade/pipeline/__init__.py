@@ -13,13 +13,21 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cascade.checkpoint import CascadeModel, build_predictor, save_checkpoint
 from cascade.config import export_job_for_ddp_children
 from cascade.inference.settings import InferenceSettings
+from cascade.lit.callbacks import TrainingSamples
 from cascade.loggers import build_logger
 from cascade.pipeline.evaluation import evaluate_cases, format_metrics, run_metrics, write_outputs
 from cascade.pipeline.folders import file_tag
-from cascade.pipeline.prepare import prepare_cache, prepare_cases, prepare_split
+from cascade.pipeline.prepare import (
+    generate_cases,
+    open_cache,
+    prepare_cases,
+    prepare_split,
+    settle_scheme,
+)
 from cascade.pipeline.priors import write_stage1_priors
 from cascade.pipeline.stages import fit_stage1, fit_stage2
 from cascade.ranks import is_global_zero, set_rank_from_environment
+from cascade.timings import PhaseTimings
 from cascade.viz import save_alpha_curve
 
 log = logging.getLogger(__name__)
@@ -35,10 +43,19 @@ def run(cfg: DictConfig) -> dict | None:
     L.seed_everything(cfg.seed, workers=True)
     set_rank_from_environment(cfg.trainer.devices)
 
-    cases = prepare_cases(cfg.data, cfg.get("synthetic"))
-    cache, cases, scheme = prepare_cache(
-        cases, cfg.preprocessing, Path(cfg.cache_dir), cfg.data.labels
-    )
+    timings = PhaseTimings(run_dir)
+    if cfg.data.get("generate"):
+        with timings.phase("generation", "cases") as phase:
+            phase.count, total = generate_cases(cfg.data, cfg.get("synthetic"))
+            phase.detail = f"{total - phase.count} of {total} already there"
+    cache = open_cache(cfg.preprocessing, Path(cfg.cache_dir))
+    with timings.phase("checking", "cases") as phase:
+        cases = prepare_cases(cfg.data)
+        cases, scheme, cached = settle_scheme(cases, cache, cfg.data.labels)
+        phase.count = len(cases)
+    with timings.phase("preprocessing", "cases") as phase:
+        cache.build(cases)
+        phase.count, phase.detail = len(cases) - cached, f"{cached} of {len(cases)} already cached"
     with open_dict(cfg):
         # the class counts of the nets and the loss follow the detected scheme from here on
         cfg.data.labels = scheme.name
@@ -46,16 +63,30 @@ def run(cfg: DictConfig) -> dict | None:
     logger = build_logger(cfg.get("logger"))
     if logger is not None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    timings.log_to(logger)
 
-    stage1_net, stage1_weights = fit_stage1(cfg, scheme, cache, train_ids, val_ids, logger)
+    with timings.phase("stage1_fit", "samples") as phase:
+        samples = TrainingSamples()
+        stage1_net, stage1_weights = fit_stage1(
+            cfg, scheme, cache, train_ids, val_ids, logger, [samples]
+        )
+        phase.count, phase.detail = samples.samples, None if samples.samples else "reused"
     prior_tag = file_tag(stage1_weights)
-    write_stage1_priors(cfg, stage1_net, cache, train_ids + val_ids, prior_tag)
+    with timings.phase("priors", "cases") as phase:
+        prior_ids = train_ids + val_ids
+        written = sum(cache.has_prior(case_id, prior_tag) for case_id in prior_ids)
+        write_stage1_priors(cfg, stage1_net, cache, prior_ids, prior_tag)
+        phase.count = len(prior_ids) - written
+        phase.detail = f"{written} of {len(prior_ids)} already written"
     if cfg.stage == 1:
         return None
 
-    stage2_net, mix, alpha_history = fit_stage2(
-        cfg, scheme, cache, train_ids, val_ids, prior_tag, logger
-    )
+    with timings.phase("stage2_fit", "samples") as phase:
+        samples = TrainingSamples()
+        stage2_net, mix, alpha_history = fit_stage2(
+            cfg, scheme, cache, train_ids, val_ids, prior_tag, logger, [samples]
+        )
+        phase.count, phase.detail = samples.samples, None if samples.samples else "reused"
     # Lightning's global rank: set by the fit's strategy, or read from the launcher's environment
     # (torchrun, SLURM) when both stages were reused and no Trainer ran
     if not is_global_zero():
@@ -75,15 +106,17 @@ def run(cfg: DictConfig) -> dict | None:
     # validation cases chose both checkpoints; test cases chose nothing, so they are reported
     # (metrics.json's top level) whenever there are any, and validation apart under "val"
     rows, by_split = [], {}
-    for split, ids in (("val", val_ids), ("test", test_ids)):
-        if not ids:
-            continue
-        split_cases = [case for case in cases if case.case_id in set(ids)]
-        split_rows = evaluate_cases(
-            predictor, split_cases, overlay_dir, cfg.evaluation.overlay_cases
-        )
-        rows += [{"case_id": row["case_id"], "split": split, **row} for row in split_rows]
-        by_split[split] = run_metrics(split_rows, scheme, alpha=float(mix.alpha.detach()))
+    with timings.phase("evaluation", "cases") as phase:
+        for split, ids in (("val", val_ids), ("test", test_ids)):
+            if not ids:
+                continue
+            split_cases = [case for case in cases if case.case_id in set(ids)]
+            split_rows = evaluate_cases(
+                predictor, split_cases, overlay_dir, cfg.evaluation.overlay_cases
+            )
+            rows += [{"case_id": row["case_id"], "split": split, **row} for row in split_rows]
+            by_split[split] = run_metrics(split_rows, scheme, alpha=float(mix.alpha.detach()))
+        phase.count = len(rows)
     reported = "test" if "test" in by_split else "val"
     metrics = {**by_split[reported], "reported_split": reported}
     if reported == "test":

@@ -25,6 +25,12 @@ from cascade.ranks import is_global_zero
 _NOT_SHAPING_LOADER = ("num_workers",)
 _NOT_SHAPING_TRAINER = ("log_every_n_steps", "benchmark", "enable_progress_bar")
 _NOT_SHAPING_STAGE2_MODULE = ("window_batch_size", "compile")
+# Callbacks that only report on a fit.
+_REPORTING_CALLBACKS = (
+    "cascade.lit.callbacks.EpochProgress",
+    "lightning.pytorch.callbacks.LearningRateMonitor",
+    "lightning.pytorch.callbacks.ModelSummary",
+)
 
 
 def stage_folder(cfg: DictConfig, stage: str, *parts: Any) -> Path:
@@ -44,8 +50,13 @@ def _shaping(node: Any, left_out: Sequence[str]) -> dict[str, Any]:
 
 def _callbacks_shaping(cfg: DictConfig) -> Any:
     # as written, ${fit.*} unresolved: a callback (early stopping, the monitored metric) can
-    # change which weights a fit ends with
-    return OmegaConf.to_container(cfg.callbacks, resolve=False)
+    # change which weights a fit ends with; one that only reports cannot
+    callbacks = OmegaConf.to_container(cfg.callbacks, resolve=False)
+    return {
+        name: node
+        for name, node in callbacks.items()
+        if not (isinstance(node, dict) and node.get("_target_") in _REPORTING_CALLBACKS)
+    }
 
 
 def stage1_folder(

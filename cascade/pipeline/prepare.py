@@ -35,24 +35,33 @@ class DataError(RuntimeError):
     """The dataset cannot be used; the message lists every bad case."""
 
 
-def prepare_cases(data: DictConfig, synthetic: DictConfig | None = None) -> list[Case]:
-    """Discover (for generated data first generate) the labelled cases to train on.
+def generate_cases(data: DictConfig, synthetic: DictConfig | None) -> tuple[int, int]:
+    """Write the cases of generated data (``data.generate``) that are not there yet; returns
+    how many were written and how many the dataset holds ((0, 0) for data not generated)."""
+    if not data.get("generate"):
+        return 0, 0
+    if synthetic is None:
+        raise DataError("data.generate is set, but there are no synthetic settings")
+    root = Path(data.root)
+    there = {path.name for path in root.iterdir()} if root.is_dir() else set()
+    folders = write_dataset(
+        root,
+        synthetic.cases,
+        tuple(synthetic.shape),
+        synthetic.seed,
+        generator=data.generator,
+        workers=synthetic.workers or available_cores(),
+    )
+    return sum(folder.name not in there for folder in folders), len(folders)
+
+
+def prepare_cases(data: DictConfig) -> list[Case]:
+    """Discover the labelled cases to train on (generated ones: after `generate_cases`).
 
     Unlabelled cases (a release's validation folder beside its training folder) are left out
     and named in the log; any other problem stops the run, listed as `cascade.check` lists it.
     """
     root = Path(data.root)
-    if data.get("generate"):
-        if synthetic is None:
-            raise DataError("data.generate is set, but there are no synthetic settings")
-        write_dataset(
-            root,
-            synthetic.cases,
-            tuple(synthetic.shape),
-            synthetic.seed,
-            generator=data.generator,
-            workers=synthetic.workers or available_cores(),
-        )
     cases, problems = scan_cases(root)
     if problems:
         raise DataError(
@@ -107,7 +116,22 @@ def prepare_cache(
     every run (and on every DDP rank) costs minutes. Any bad case stops the run, all of them
     listed; the good ones stay cached. Returns the cache, the cases in the scheme, and the scheme.
     """
-    cache = PreprocessCache(cache_dir, OmegaConf.to_container(preprocessing, resolve=True))
+    cache = open_cache(preprocessing, cache_dir)
+    cases, scheme, _ = settle_scheme(cases, cache, labels)
+    cache.build(cases)
+    return cache, cases, scheme
+
+
+def open_cache(preprocessing: DictConfig, cache_dir: Path) -> PreprocessCache:
+    """The cache of cases preprocessed with these settings."""
+    return PreprocessCache(cache_dir, OmegaConf.to_container(preprocessing, resolve=True))
+
+
+def settle_scheme(
+    cases: list[Case], cache: PreprocessCache, labels: str | None = None
+) -> tuple[list[Case], LabelScheme, int]:
+    """Check the cases not cached yet, then settle the label scheme (`labels`, or detected).
+    Returns the cases in the scheme, the scheme and how many cases were cached already."""
     cached = {case.case_id for case in cases if cache.is_current(case, check_scheme=False)}
     values = check_and_store([case for case in cases if case.case_id not in cached], cache, labels)
     values.update({case_id: cache.meta(case_id).label_values for case_id in cached})
@@ -121,8 +145,7 @@ def prepare_cache(
         scheme.name,
         "forced" if labels not in (None, "auto") else "detected",
     )
-    cache.build(cases)  # only cases stored with other classes than the dataset's scheme gives
-    return cache, cases, scheme
+    return cases, scheme, len(cached)
 
 
 def check_and_store(
