@@ -15,12 +15,12 @@ sampler=$!
 mark() { echo "$(date -u +%Y/%m/%d\ %H:%M:%S) $*" | tee -a "$OUT/phases.txt"; }
 
 mark "bench start"
-timeout 260 python -m experiments.bench --sections pipeline --device cuda --out "$OUT/bench" \
+timeout 230 python -m experiments.bench --sections pipeline --device cuda --steps 30 --warmup 5 --out "$OUT/bench" \
   +experiment=f32_d5 > "$OUT/bench.log" 2>&1
 mark "bench end rc=$?"
 
 mark "train start"
-timeout 300 python -m cascade.train +experiment=f32_d5 synthetic.shape=[240,240,155] \
+timeout 270 python -m cascade.train +experiment=f32_d5 synthetic.shape=[240,240,155] \
   synthetic.cases=16 data.split.val_count=4 trainer.devices=1 trainer.strategy=auto logger=csv \
   trainer.stage1.max_epochs=2 trainer.stage1.check_val_every_n_epoch=1 \
   trainer.stage2.max_epochs=2 trainer.stage2.check_val_every_n_epoch=2 \
