@@ -104,7 +104,7 @@ class EpochProgress(L.Callback):
             details.append("val Dice " + " ".join(f"{name} {v:.3f}" for name, v in dice.items()))
         train_seconds = self._train_end - self._epoch_start
         if train_seconds > 0:
-            details.append(f"{self._samples / train_seconds:.3g} samples/s")
+            details.append(f"{_rate(self._samples / train_seconds)} samples/s")
         details.append(f"elapsed {_clock(elapsed)}")
         if planned:
             per_epoch = elapsed / (epoch - self._first_epoch)
@@ -114,3 +114,10 @@ class EpochProgress(L.Callback):
 
 def _clock(seconds: float) -> str:
     return str(timedelta(seconds=round(seconds)))
+
+
+def _rate(per_second: float) -> str:
+    """Three significant digits, never in exponent notation (1753, 181, 6.71, 0.128)."""
+    if per_second >= 100:
+        return f"{per_second:.0f}"
+    return f"{per_second:.3g}"
