@@ -46,7 +46,6 @@ def build_trainer(
     folder: Path,
     logger: Logger | None,
     callbacks: Sequence[L.Callback],
-    use_distributed_sampler: bool,
 ) -> L.Trainer:
     """The stage's Trainer from ``trainer`` with the callbacks of ``callbacks``, which see this
     fit as ``${fit.stage}`` and ``${fit.dir}``, plus the pipeline's own `callbacks`."""
@@ -57,7 +56,8 @@ def build_trainer(
         default_root_dir=folder,
         logger=logger if logger is not None else False,
         callbacks=[*configured, *callbacks],
-        use_distributed_sampler=use_distributed_sampler,
+        # the DataModules give each rank its own cases (cascade.sampling): no sampler injection
+        use_distributed_sampler=False,
     )
 
 

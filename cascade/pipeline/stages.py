@@ -69,8 +69,6 @@ class StageParts:
 
     module: L.LightningModule
     datamodule: L.LightningDataModule
-    # False where the DataModule shards its data between processes itself
-    use_distributed_sampler: bool
 
 
 def stage1_parts(
@@ -91,8 +89,7 @@ def stage1_parts(
         slab_batch_size=slab_batch_size(cfg.model.inference, device),
     )
     datamodule = build(cfg.data.stage1, store=cache, train_ids=train_ids, val_ids=val_ids)
-    # the case stream and the validation share are per rank already
-    return StageParts(module, datamodule, use_distributed_sampler=False)
+    return StageParts(module, datamodule)
 
 
 def stage2_parts(
@@ -118,8 +115,7 @@ def stage2_parts(
         prior_tag=prior_tag,
         label_probabilities=class_probabilities(scheme, plain(cfg.data.stage2.label_probabilities)),
     )
-    # the case stream and the validation share are per rank already
-    return StageParts(module, datamodule, use_distributed_sampler=False)
+    return StageParts(module, datamodule)
 
 
 def _fit_stage1(cfg, scheme, cache, train_ids, val_ids, logger, extra_callbacks, net, folder):
@@ -127,9 +123,7 @@ def _fit_stage1(cfg, scheme, cache, train_ids, val_ids, logger, extra_callbacks,
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
     parts = stage1_parts(cfg, scheme, cache, train_ids, val_ids, net, device)
     module = parts.module
-    trainer = build_trainer(
-        cfg, "stage1", folder, logger, extra_callbacks, parts.use_distributed_sampler
-    )
+    trainer = build_trainer(cfg, "stage1", folder, logger, extra_callbacks)
     fit_keeping_best(trainer, module, parts.datamodule)
     if trainer.is_global_zero:
         save_weights(weights, {"net": module.net})
@@ -169,9 +163,7 @@ def _fit_stage2(
     parts = stage2_parts(cfg, scheme, cache, train_ids, val_ids, prior_tag, net, mix)
     module = parts.module
     alpha = AlphaHistory()
-    trainer = build_trainer(
-        cfg, "stage2", folder, logger, [alpha, *extra_callbacks], parts.use_distributed_sampler
-    )
+    trainer = build_trainer(cfg, "stage2", folder, logger, [alpha, *extra_callbacks])
     fit_keeping_best(trainer, module, parts.datamodule)
     if trainer.is_global_zero:
         save_weights(weights, {"net": module.net, "mix": module.mix})

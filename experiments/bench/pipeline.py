@@ -207,7 +207,7 @@ def bench_trainer(
             enable_model_summary=False,
             **settings,
         )
-    return build_trainer(cfg, stage, folder, None, list(callbacks), parts.use_distributed_sampler)
+    return build_trainer(cfg, stage, folder, None, list(callbacks))
 
 
 def network_rate(

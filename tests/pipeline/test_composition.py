@@ -28,7 +28,7 @@ def _callbacks_of(trainer, kind):
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_the_default_callbacks_checkpoint_each_stage_in_its_folder(stage, tmp_path) -> None:
-    trainer = build_trainer(_config(), stage, tmp_path / stage, None, [], True)
+    trainer = build_trainer(_config(), stage, tmp_path / stage, None, [])
     (checkpoint,) = _callbacks_of(trainer, ModelCheckpoint)
     assert checkpoint is trainer.checkpoint_callback
     assert Path(checkpoint.dirpath) == tmp_path / stage / "checkpoints"
@@ -36,11 +36,13 @@ def test_the_default_callbacks_checkpoint_each_stage_in_its_folder(stage, tmp_pa
     assert not _callbacks_of(trainer, EarlyStopping)
     # the per-stage Trainer settings of conf/trainer reach the Trainer
     assert trainer.max_epochs == {"stage1": 2, "stage2": 6}[stage]
+    # the DataModules shard per rank themselves: Lightning must not add its sampler
+    assert not trainer._accelerator_connector.use_distributed_sampler
 
 
 def test_early_stopping_is_one_config_choice(tmp_path) -> None:
     cfg = _config("callbacks=early_stopping", "callbacks.early_stopping.patience=1")
-    trainer = build_trainer(cfg, "stage2", tmp_path, None, [], False)
+    trainer = build_trainer(cfg, "stage2", tmp_path, None, [])
     (stopping,) = _callbacks_of(trainer, EarlyStopping)
     assert stopping.monitor == "stage2/val_dice_mean" and stopping.patience == 1
     assert len(_callbacks_of(trainer, ModelCheckpoint)) == 1
@@ -50,13 +52,13 @@ def test_a_callback_added_on_the_command_line_is_built(tmp_path) -> None:
     cfg = _config(
         "+callbacks.lr_monitor={_target_: lightning.pytorch.callbacks.LearningRateMonitor}"
     )
-    trainer = build_trainer(cfg, "stage1", tmp_path, None, [], True)
+    trainer = build_trainer(cfg, "stage1", tmp_path, None, [])
     assert any(type(c).__name__ == "LearningRateMonitor" for c in trainer.callbacks)
 
 
 def test_a_callback_switched_off_leaves_lightning_default_checkpointing(tmp_path) -> None:
     trainer = build_trainer(
-        _config("callbacks.model_checkpoint=null"), "stage1", tmp_path, None, [], True
+        _config("callbacks.model_checkpoint=null"), "stage1", tmp_path, None, []
     )
     # Lightning's own checkpoint callback, which monitors nothing: the last weights are kept
     assert trainer.checkpoint_callback.monitor is None
