@@ -22,12 +22,15 @@ from scipy import ndimage
 from cascade.synthesis.fields import BRATS_SHAPE, smooth_noise
 
 # Where the template's brain lands in the BraTS grid: its left-right and front-back centre on the
-# BraTS brain's, its vertex near the top of the grid (BraTS cuts the brainstem, not the vertex).
-_BRATS_CENTER = np.array([118.0, 130.0, 72.0])
+# BraTS brain's, its vertex near the top of the grid and the cerebellum's lowest slice ~8 mm
+# above the bottom (BraTS cuts the brainstem, not the cerebellum nor the vertex).
+_BRATS_CENTER = np.array([118.0, 132.0, 76.0])
 _TEMPLATE_CENTER = np.array([98.0, 117.0, 83.0])  # MNI 1 mm voxels
 # BraTS brains are smaller than the MNI 2009 average (1.6 L against 1.9 L with its CSF).
 _SCALE_RANGE = (0.86, 0.98)
-VENTRICLE_DEPTH_MM = 12.0  # CSF deeper than this below the brain surface is ventricular
+VENTRICLE_DEPTH_MM = 12.0
+# Seeds lie at least this deep below the surface: gliomas reach the cortex, but grow from within.
+_SEED_DEPTH_MM = 10.0  # CSF deeper than this below the brain surface is ventricular
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Template:
     brain: np.ndarray  # float32 0/1 mask
     wm_depth: np.ndarray  # mm from the nearest voxel that is not white matter
     brain_depth: np.ndarray  # mm below the brain surface
+    hindbrain: np.ndarray  # float32 0..1: cerebellum and brainstem, softly edged
 
 
 class MissingExtraError(RuntimeError):
@@ -81,7 +85,23 @@ def load_template() -> Template:
     keep = ndimage.binary_dilation(keep, iterations=2) & (csf > 0.05)
     ventricles = (csf * keep).astype(np.float32)
     wm_depth = ndimage.distance_transform_edt(wm > 0.5).astype(np.float32)
-    return Template(gm, wm, csf, ventricles, brain.astype(np.float32), wm_depth, brain_depth)
+    hindbrain = _hindbrain(brain, datasets.load_mni152_brain_mask(resolution=1).affine)
+    return Template(
+        gm, wm, csf, ventricles, brain.astype(np.float32), wm_depth, brain_depth, hindbrain
+    )
+
+
+def _hindbrain(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Cerebellum, pons and medulla from boxes in MNI millimetres: the cerebellum behind y =
+    -40 and below the tentorium (about 20 mm below the origin at the back, rising forwards),
+    the brainstem within 15 mm of the midline below z = -10 (the temporal lobes lie beside it).
+    Blurred over ~5 mm: it only sets where a case's own hindbrain contrast applies."""
+    x, y, z = (affine[k, k] * np.arange(brain.shape[k]) + affine[k, 3] for k in range(3))
+    x, y, z = x[:, None, None], y[None, :, None], z[None, None, :]
+    cerebellum = (y < -40.0) & (z < -20.0 + 0.25 * (y + 40.0) + 8.0)
+    brainstem = (np.abs(x) < 15.0) & (y < -10.0) & (z < -10.0)
+    region = (cerebellum | brainstem) & brain
+    return np.clip(ndimage.gaussian_filter(region.astype(np.float32), 3.0), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -152,6 +172,7 @@ class Anatomy:
     ventricles: np.ndarray
     brain: np.ndarray  # float32 brain fraction (partial volume at the surface)
     depth_mm: np.ndarray  # below the brain surface, for dura and vessels
+    hindbrain: np.ndarray  # cerebellum and brainstem fraction, for their own contrast
 
 
 def _output_box(placement: Placement, shape: tuple[int, int, int]) -> tuple[slice, ...]:
@@ -214,7 +235,7 @@ def resample_anatomy(
     points = coordinates[:, where]
     del coordinates
     maps = {}
-    for name in ("gm", "wm", "ventricles", "brain_depth"):
+    for name in ("gm", "wm", "ventricles", "brain_depth", "hindbrain"):
         values = np.zeros(shape, np.float32)
         values[box][where] = ndimage.map_coordinates(
             getattr(template, name), points, order=1, mode="constant"
@@ -263,7 +284,8 @@ def draw_seed(rng: np.random.Generator, placement: Placement, margin_mm: float =
     """A tumor seed deep in white matter: output voxel coordinates (3,)."""
     template = load_template()
     eligible = np.flatnonzero(
-        (template.wm_depth.reshape(-1) > margin_mm) & (template.brain_depth.reshape(-1) > 18.0)
+        (template.wm_depth.reshape(-1) > margin_mm)
+        & (template.brain_depth.reshape(-1) > _SEED_DEPTH_MM)
     )
     # Keep the seed off the central strip, where the corpus callosum would join both sides.
     for _ in range(50):

@@ -4,7 +4,9 @@ Each voxel mixes the means of the tissues it holds (partial volume from the prob
 The means are drawn per case and sequence, relative to white matter, from ranges that keep the
 orderings of real scans (T1: WM > GM > CSF; T2: CSF > GM > WM; FLAIR: dark CSF, bright edema;
 T1ce: an enhancing rim, vessels and dura brighter than white matter): domain randomisation in the
-manner of SynthSeg, bounded so the contrasts stay MRI-like. Then a bias field, a blur that may be
+manner of SynthSeg, bounded so the contrasts stay MRI-like. Healthy look-alikes of tumor
+(`cascade.synthesis.mimics`) are drawn into the healthy tissue before the tumor, and the
+cerebellum and brainstem get a brightness of their own. Then a bias field, a blur that may be
 thicker across slices (many BraTS scans were acquired in thick slices), and Rician noise.
 """
 
@@ -16,6 +18,7 @@ from scipy import ndimage
 from cascade.data.cases import MODALITIES
 from cascade.synthesis.anatomy import Anatomy
 from cascade.synthesis.fields import smooth_noise
+from cascade.synthesis.mimics import draw_mimic_means, mimic_fractions
 
 # Mean intensity ranges relative to white matter (= 1).
 # csf, gm, edema, necrosis, enhancing, non-enhancing core, vessels and dura
@@ -26,9 +29,20 @@ _RANGES: dict[str, tuple[tuple[float, float], ...]] = {
     "t1":    ((0.20, 0.40), (0.70, 0.85), (0.68, 0.85), (0.35, 0.60), (0.65, 0.85), (0.55, 0.75), (0.85, 1.05)),  # noqa: E501
     "t1ce":  ((0.20, 0.45), (0.85, 1.00), (0.70, 0.90), (0.35, 0.60), (1.35, 2.00), (0.60, 0.80), (1.25, 1.90)),  # noqa: E501
     "t2":    ((2.50, 4.00), (1.15, 1.50), (1.60, 2.40), (2.00, 3.20), (1.40, 2.00), (1.70, 2.40), (0.50, 0.90)),  # noqa: E501
-    "flair": ((0.12, 0.35), (1.10, 1.30), (1.50, 2.20), (0.80, 1.70), (1.30, 1.90), (1.40, 2.00), (0.80, 1.20)),  # noqa: E501
+    "flair": ((0.12, 0.35), (1.05, 1.45), (1.50, 2.20), (0.80, 1.70), (1.30, 1.90), (1.40, 2.00), (0.80, 1.20)),  # noqa: E501
 }
 # fmt: on
+# Log-intensity gain of the cerebellum and brainstem against the cerebrum: on real FLAIR and T2
+# the posterior fossa is often much brighter (coil sensitivity, the cerebellar cortex's density).
+_HINDBRAIN_LOG_GAIN = {
+    "t1": (-0.15, 0.15),
+    "t1ce": (-0.15, 0.2),
+    "t2": (-0.1, 0.35),
+    "flair": (-0.1, 0.45),
+}  # noqa: E501
+# Largest log-intensity change of the bias gradient from one side of the brain to the centre,
+# per axis (X, Y, Z): coils lose signal fastest head to foot.
+_BIAS_GRADIENT = (0.1, 0.1, 0.25)
 _WHITE_MATTER = {"t1": (300, 800), "t1ce": (300, 900), "t2": (150, 500), "flair": (150, 500)}
 
 
@@ -63,15 +77,22 @@ def render_sequences(
         _edema_strength(label[box][near], to_brats, field(10.0)[near], rng), near, texture.shape
     )
     vessels = _vessels(anatomy, box, field, mm)
+    mimics = mimic_fractions(anatomy, box, field, rng, mm)
     means = draw_means(rng)
+    mimic_means = draw_mimic_means(rng)
+    hindbrain = anatomy.hindbrain[box]
+    hindbrain_gain = {m: np.float32(rng.uniform(*r)) for m, r in _HINDBRAIN_LOG_GAIN.items()}
 
     gm, wm, csf = anatomy.gm[box], anatomy.wm[box], anatomy.csf[box]
     images = {}
     for modality in MODALITIES:
         mean = means[modality]
         healthy = wm + gm * mean["gm"] + csf * mean["csf"]
-        healthy *= texture
+        healthy *= texture * np.exp(hindbrain_gain[modality] * hindbrain)
         healthy += vessels * (mean["vessel"] - healthy)
+        for name, fraction in mimics.items():
+            if modality in mimic_means[name]:
+                healthy += fraction * (mimic_means[name][modality] * texture - healthy)
         tumor_free = 1.0 - fractions["edema"] - fractions["core"]
         edema = healthy + edema_strength * (mean["edema"] - healthy)
         values = tumor_free * healthy + fractions["edema"] * edema
@@ -162,9 +183,23 @@ def _acquire(
     values = ndimage.gaussian_filter(values, sigma)
     weight = ndimage.gaussian_filter(inside.astype(np.float32), sigma)
     values /= np.maximum(weight, 1e-3)  # no darkening at the brain's edge
-    bias = smooth_noise(rng, values.shape, 70.0 / mm)
-    values *= np.exp(np.float32(rng.uniform(0.05, 0.2)) * bias)
+    values *= np.exp(_bias_log_field(values.shape, rng, mm))
     noise = np.float32(rng.uniform(0.01, 0.04))
     real = values + noise * rng.standard_normal(values.shape, dtype=np.float32)
     imaginary = noise * rng.standard_normal(values.shape, dtype=np.float32)
     return np.hypot(real, imaginary)
+
+
+def _bias_log_field(shape: tuple[int, ...], rng: np.random.Generator, mm: float) -> np.ndarray:
+    """Log of a receive-coil bias: a smooth field plus a gradient, steepest head to foot.
+
+    Real scans lose or gain 20-40 % of their signal towards the cerebellum and the vertex; a
+    network that never saw this reads a bright brainstem or vertex cortex on FLAIR as edema.
+    """
+    log_field = np.float32(rng.uniform(0.1, 0.35)) * smooth_noise(rng, shape, 70.0 / mm)
+    for axis, steepest in enumerate(_BIAS_GRADIENT):
+        ramp = np.linspace(-1.0, 1.0, shape[axis], dtype=np.float32)
+        view = [1, 1, 1]
+        view[axis] = shape[axis]
+        log_field += np.float32(rng.uniform(-steepest, steepest)) * ramp.reshape(view)
+    return log_field

@@ -4,7 +4,7 @@ Edema is the set of voxels reached first when travelling from the seed at a spee
 tissue (fast along white matter, slow in grey matter, almost stopped by CSF), so it spreads along
 the tracts and stops at the cortex and the ventricles; the core grows the same way with weaker
 tissue preference and lobulated by noise. Sizes are drawn first and the thresholds follow them,
-so whole-tumor volumes follow BraTS (about 20-250 mL). Inside the core an enhancing rim of uneven
+so whole-tumor volumes follow BraTS (about 10-250 mL). Inside the core an enhancing rim of uneven
 thickness surrounds the necrosis.
 """
 
@@ -19,7 +19,7 @@ from skimage.graph import MCP_Geometric
 from cascade.synthesis.anatomy import Anatomy
 from cascade.synthesis.fields import smooth_noise
 
-WHOLE_TUMOR_ML = (20.0, 250.0)
+WHOLE_TUMOR_ML = (10.0, 250.0)
 NON_ENHANCING_PROBABILITY = 0.15
 NO_NECROSIS_PROBABILITY = 0.15  # of enhancing tumors: solid enhancement
 TWO_FOCI_PROBABILITY = 0.12
@@ -41,8 +41,9 @@ class TumorPlan:
 
 
 def draw_plan(rng: np.random.Generator, seed: np.ndarray, second: np.ndarray | None) -> TumorPlan:
-    """Sizes log-normal around BraTS's median (about 90 mL), clipped to its usual range."""
-    whole = float(np.clip(np.exp(rng.normal(np.log(85.0), 0.6)), *WHOLE_TUMOR_ML))
+    """Sizes log-normal around BraTS's median (about 80 mL), wide enough for small tumors,
+    clipped to its usual range."""
+    whole = float(np.clip(np.exp(rng.normal(np.log(80.0), 0.75)), *WHOLE_TUMOR_ML))
     enhancing = bool(rng.random() >= NON_ENHANCING_PROBABILITY)
     necrosis = enhancing and bool(rng.random() >= NO_NECROSIS_PROBABILITY)
     seeds = [seed] if second is None or rng.random() >= TWO_FOCI_PROBABILITY else [seed, second]
