@@ -28,9 +28,9 @@ _BRATS_CENTER = np.array([118.0, 132.0, 76.0])
 _TEMPLATE_CENTER = np.array([98.0, 117.0, 83.0])  # MNI 1 mm voxels
 # BraTS brains are smaller than the MNI 2009 average (1.6 L against 1.9 L with its CSF).
 _SCALE_RANGE = (0.86, 0.98)
-VENTRICLE_DEPTH_MM = 12.0
+VENTRICLE_DEPTH_MM = 12.0  # CSF deeper than this below the brain surface is ventricular
 # Seeds lie at least this deep below the surface: gliomas reach the cortex, but grow from within.
-_SEED_DEPTH_MM = 10.0  # CSF deeper than this below the brain surface is ventricular
+_SEED_DEPTH_MM = 10.0
 
 
 @dataclass(frozen=True)

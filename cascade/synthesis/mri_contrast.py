@@ -39,7 +39,7 @@ _HINDBRAIN_LOG_GAIN = {
     "t1ce": (-0.15, 0.2),
     "t2": (-0.1, 0.35),
     "flair": (-0.1, 0.45),
-}  # noqa: E501
+}
 # Largest log-intensity change of the bias gradient from one side of the brain to the centre,
 # per axis (X, Y, Z): coils lose signal fastest head to foot.
 _BIAS_GRADIENT = (0.1, 0.1, 0.25)
