@@ -19,7 +19,7 @@ def case():
     return generate_realistic(SHAPE, seed=5)
 
 
-def _fractions(case, seed: int) -> dict[str, np.ndarray]:
+def _fractions(case, seed: int) -> tuple[tuple[slice, ...], dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     inside = case.anatomy.brain >= 0.5
     box = ndimage.find_objects(inside.astype(np.uint8))[0]
