@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
 
 def optimizer_with_schedule(
@@ -28,3 +28,19 @@ def optimizer_with_schedule(
             "frequency": 1,
         },
     }
+
+
+def warmup_cosine(
+    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.0, eta_min: float = 0.0
+) -> LRScheduler:
+    """Linear warm-up over the first `warmup_fraction` of the fit, then cosine decay to
+    `eta_min`. Adam's first steps rest on moment estimates from a handful of batches: at full
+    learning rate they can throw a short fit into a poor start it never recovers from."""
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"warmup_cosine: warmup_fraction {warmup_fraction} not in [0, 1)")
+    warmup_steps = int(round(warmup_fraction * total_steps))
+    decay = CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup_steps, 1), eta_min=eta_min)
+    if warmup_steps == 0:
+        return decay
+    warmup = LinearLR(optimizer, start_factor=1.0 / warmup_steps, total_iters=warmup_steps)
+    return SequentialLR(optimizer, [warmup, decay], milestones=[warmup_steps])

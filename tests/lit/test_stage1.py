@@ -4,12 +4,15 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
 from cascade.inference.multiview import predict_prior
+from cascade.lit.optim import warmup_cosine
 from cascade.lit.stage1 import Stage1Module
 from cascade.metrics import case_metrics
 from cascade.nn.losses import DiceCELoss
 from cascade.nn.unet2d import UNet2d
+from cascade.pipeline.composition import fit_keeping_best
 from cascade.sampling.pool import CasePool
 from cascade.sampling.slabs import TUMOR_GROUP, SlabDraws
 from cascade.sampling.stage1 import Stage1DataModule
@@ -48,9 +51,8 @@ def _mean_val_loss(module: Stage1Module, loader) -> float:
     return float(np.mean(losses))
 
 
-def test_a_few_steps_lower_the_loss() -> None:
-    L.seed_everything(0, verbose=False)
-    data = Stage1DataModule(
+def _tiny_data() -> Stage1DataModule:
+    return Stage1DataModule(
         store=TinyStore(4),
         train_ids=["c0", "c1", "c2"],
         val_ids=["c3"],
@@ -69,14 +71,24 @@ def test_a_few_steps_lower_the_loss() -> None:
         bias_field_coefficient=0.0,
         seed=0,
     )
-    module = Stage1Module(
+
+
+def _tiny_module(scheduler=None) -> Stage1Module:
+    scheduler = scheduler or partial(torch.optim.lr_scheduler.CosineAnnealingLR)
+    return Stage1Module(
         net=UNet2d(12, 4, filters=8, depth=3, norm="instance", activation="leaky_relu"),
         loss=DiceCELoss([1.0, 1.0, 1.0, 2.5]),
         optimizer=partial(torch.optim.AdamW, lr=1e-2, weight_decay=1e-4),
-        scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR),
+        scheduler=scheduler,
         slab_depth=3,
         plane_size=[16, 16],
     )
+
+
+def test_a_few_steps_lower_the_loss() -> None:
+    L.seed_everything(0, verbose=False)
+    data = _tiny_data()
+    module = _tiny_module()
     # the same 8 slabs of the held-out case before and after
     pool = CasePool(1, SHAPE, 5, [TUMOR_GROUP], "cpu", seed=0)
     label = torch.from_numpy(data.store.label("c3"))
@@ -116,3 +128,28 @@ def test_a_few_steps_lower_the_loss() -> None:
     assert metrics["stage1/val_dice_mean"].item() == pytest.approx(mean, abs=1e-5)
     # the cosine schedule spans exactly the run
     assert trainer.lr_scheduler_configs[0].scheduler.T_max == 20
+
+
+def test_weight_averaging_leaves_the_fit_with_the_averaged_weights(tmp_path) -> None:
+    """The best checkpoint holds the moving average (validated as such), and the pipeline's
+    fit ends with it loaded, not with the last step's weights."""
+    L.seed_everything(0, verbose=False)
+    module = _tiny_module(scheduler=partial(warmup_cosine, warmup_fraction=0.2))
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path, filename="best", monitor="stage1/val_dice_mean", mode="max"
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        callbacks=[checkpoint, EMAWeightAveraging(decay=0.9)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    fit_keeping_best(trainer, module, _tiny_data())
+    saved = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+    for name in ("net.head.weight", "net.stem.0.weight"):
+        averaged, last = saved["state_dict"][name], saved["current_model_state"][name]
+        assert not torch.allclose(averaged, last)
+        assert torch.equal(module.state_dict()[name], averaged)

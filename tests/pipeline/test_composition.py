@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 
 from cascade.config import CONFIG_DIR, register_resolvers
 from cascade.pipeline.composition import build, build_trainer
@@ -78,3 +78,15 @@ def test_the_lightning_modules_are_partials_completed_by_the_pipeline() -> None:
     assert stage1.keywords["plane_size"] == list(cfg.data.stage1.slab_size)
     # the optimizer arrives as a partial taking the parameters
     assert stage1.keywords["optimizer"].keywords["lr"] == cfg.model.optimizer.lr
+
+
+def test_weight_averaging_is_one_config_choice_that_shapes_the_weights(tmp_path) -> None:
+    cfg = _config("callbacks=weight_averaging")
+    trainer = build_trainer(cfg, "stage1", tmp_path, None, [])
+    (averaging,) = _callbacks_of(trainer, EMAWeightAveraging)
+    # the first epoch stays out of the average
+    assert averaging.update_starting_at_epoch == 1
+    assert not averaging.should_update(epoch_idx=0) and averaging.should_update(epoch_idx=1)
+    assert len(_callbacks_of(trainer, ModelCheckpoint)) == 1
+    ids = (["a", "b"], ["c"], "identity")
+    assert stage1_folder(cfg, *ids) != stage1_folder(_config(), *ids)
