@@ -31,11 +31,6 @@ _SCALE_RANGE = (0.86, 0.98)
 VENTRICLE_DEPTH_MM = 12.0  # CSF deeper than this below the brain surface is ventricular
 # Seeds lie at least this deep below the surface: gliomas reach the cortex, but grow from within.
 _SEED_DEPTH_MM = 10.0
-# Cerebellar fissures carved into the blurred template's cerebellum: spacing of the folia (mm),
-# half-width of a fissure as a fraction of the field's spread, and how much tissue it replaces.
-_FOLIA_CELL_MM = 3.0
-_FISSURE_WIDTH = 0.3
-_FISSURE_DEPTH = 0.7
 
 
 @dataclass(frozen=True)
@@ -80,9 +75,6 @@ def load_template() -> Template:
     wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj, np.float32)
     brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).dataobj) > 0
     gm, wm = gm * brain, wm * brain
-    affine = datasets.load_mni152_brain_mask(resolution=1).affine
-    regions = _hindbrain_regions(brain, affine)
-    gm, wm = _carve_folia(gm, wm, regions["cerebellum"])
     csf = np.clip(brain - gm - wm, 0.0, 1.0).astype(np.float32)
     brain_depth = ndimage.distance_transform_edt(brain).astype(np.float32)
     # Ventricles: the large connected pools of CSF deep inside; sulcal CSF reaches the surface.
@@ -93,40 +85,23 @@ def load_template() -> Template:
     keep = ndimage.binary_dilation(keep, iterations=2) & (csf > 0.05)
     ventricles = (csf * keep).astype(np.float32)
     wm_depth = ndimage.distance_transform_edt(wm > 0.5).astype(np.float32)
-    # it only sets where a case's own hindbrain contrast applies: blurred over ~5 mm
-    hindbrain = regions["cerebellum"] | regions["brainstem"]
-    hindbrain = np.clip(ndimage.gaussian_filter(hindbrain.astype(np.float32), 3.0), 0.0, 1.0)
+    hindbrain = _hindbrain(brain, datasets.load_mni152_brain_mask(resolution=1).affine)
     return Template(
         gm, wm, csf, ventricles, brain.astype(np.float32), wm_depth, brain_depth, hindbrain
     )
 
 
-def _hindbrain_regions(brain: np.ndarray, affine: np.ndarray) -> dict[str, np.ndarray]:
-    """Cerebellum and brainstem (pons, medulla) from boxes in MNI millimetres: the cerebellum
-    behind y = -40 and below the tentorium (about 20 mm below the origin at the back, rising
-    forwards), the brainstem within 15 mm of the midline below z = -10 (the temporal lobes lie
-    beside it)."""
+def _hindbrain(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Cerebellum, pons and medulla from boxes in MNI millimetres: the cerebellum behind y =
+    -40 and below the tentorium (about 20 mm below the origin at the back, rising forwards),
+    the brainstem within 15 mm of the midline below z = -10 (the temporal lobes lie beside it).
+    Blurred over ~5 mm: it only sets where a case's own hindbrain contrast applies."""
     x, y, z = (affine[k, k] * np.arange(brain.shape[k]) + affine[k, 3] for k in range(3))
     x, y, z = x[:, None, None], y[None, :, None], z[None, None, :]
-    cerebellum = (y < -40.0) & (z < -20.0 + 0.25 * (y + 40.0) + 8.0) & brain
-    brainstem = (np.abs(x) < 15.0) & (y < -10.0) & (z < -10.0) & brain
-    return {"cerebellum": cerebellum & ~brainstem, "brainstem": brainstem}
-
-
-def _carve_folia(
-    gm: np.ndarray, wm: np.ndarray, cerebellum: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Thin CSF-filled fissures between cerebellar folia (where a smooth field crosses zero).
-
-    The averaged template's cerebellum is smooth; a real one at 1 mm is finely striped (dark
-    lines on FLAIR, bright on T2), and a network that never saw the stripes reads the real
-    cerebellum as abnormal. The same fissures for every case (a fixed seed): each case's warp
-    moves them.
-    """
-    field = smooth_noise(np.random.default_rng(0), gm.shape, _FOLIA_CELL_MM)
-    fissures = np.clip(1.0 - np.abs(field) / _FISSURE_WIDTH, 0.0, 1.0) * cerebellum
-    kept = (1.0 - _FISSURE_DEPTH * fissures).astype(np.float32)
-    return gm * kept, wm * kept
+    cerebellum = (y < -40.0) & (z < -20.0 + 0.25 * (y + 40.0) + 8.0)
+    brainstem = (np.abs(x) < 15.0) & (y < -10.0) & (z < -10.0)
+    region = (cerebellum | brainstem) & brain
+    return np.clip(ndimage.gaussian_filter(region.astype(np.float32), 3.0), 0.0, 1.0)
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ _RANGES: dict[str, tuple[tuple[float, float], ...]] = {
     #          csf           gm            edema         necrosis      enhancing     non-enh.      vessel  # noqa: E501
     "t1":    ((0.20, 0.40), (0.70, 0.85), (0.68, 0.85), (0.35, 0.60), (0.65, 0.85), (0.55, 0.75), (0.85, 1.05)),  # noqa: E501
     "t1ce":  ((0.20, 0.45), (0.85, 1.00), (0.70, 0.90), (0.35, 0.60), (1.35, 2.00), (0.60, 0.80), (1.25, 1.90)),  # noqa: E501
-    "t2":    ((2.50, 4.00), (1.15, 1.50), (1.45, 2.40), (2.00, 3.20), (1.40, 2.00), (1.70, 2.40), (0.50, 0.90)),  # noqa: E501
-    "flair": ((0.12, 0.35), (1.05, 1.45), (1.35, 2.20), (0.80, 1.70), (1.30, 1.90), (1.40, 2.00), (0.80, 1.20)),  # noqa: E501
+    "t2":    ((2.50, 4.00), (1.15, 1.50), (1.60, 2.40), (2.00, 3.20), (1.40, 2.00), (1.70, 2.40), (0.50, 0.90)),  # noqa: E501
+    "flair": ((0.12, 0.35), (1.05, 1.45), (1.50, 2.20), (0.80, 1.70), (1.30, 1.90), (1.40, 2.00), (0.80, 1.20)),  # noqa: E501
 }
 # fmt: on
 # Log-intensity gain of the cerebellum and brainstem against the cerebrum: on real FLAIR and T2
@@ -150,8 +150,7 @@ def _edema_strength(
 ) -> np.ndarray:
     """How far edema replaces the tissue it infiltrates: fully near the core, less far out."""
     core = (label == 1) | (label == 4)
-    # real infiltrative edema fades to barely brighter than the tissue it lies in
-    far = float(rng.uniform(0.35, 0.85))
+    far = float(rng.uniform(0.5, 0.85))
     if not core.any():
         return np.full(label.shape, far, np.float32)
     distance = ndimage.distance_transform_edt(~core, sampling=to_brats).astype(np.float32)
