@@ -155,6 +155,7 @@ def build_predictor(
     from cascade.inference.cascade import CascadePredictor
 
     settings = model.settings
+    mirrored = settings.tta if tta is None else tta
     return CascadePredictor(
         stage1_net=model.stage1,
         stage2_net=model.stage2,
@@ -170,7 +171,8 @@ def build_predictor(
         stage2_batch_size=settings.window_batch_size,
         device=device,
         fp16=fp16,
-        tta=settings.tta if tta is None else tta,
+        tta=mirrored,
+        stage1_tta=mirrored,
         min_enhancing_voxels=(
             settings.min_enhancing_voxels if min_enhancing_voxels is None else min_enhancing_voxels
         ),

@@ -57,7 +57,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--input", type=Path, required=True, help="a case folder or a dataset folder"
     )
     parser.add_argument("--output", type=Path, required=True, help="folder for the segmentations")
-    parser.add_argument("--tta", action="store_true", help="average over 8 mirrorings (slower)")
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="average over mirrorings: Stage 1 its 4 in-plane, Stage 2 all 8 (slower)",
+    )
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available"
     )

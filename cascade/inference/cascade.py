@@ -91,8 +91,8 @@ class CascadePredictor:
 
     The nets are moved to `device` and put in eval mode. `fp16` autocasts to float16 on CUDA;
     `cpu_bf16` to bfloat16 on a CPU that computes it natively (the fast CPU path; False: fp32).
-    `tta` averages Stage-2 softmax over the 8 mirrorings; `stage1_tta` does the same for the
-    prior (8x Stage-1 cost, and a smoother prior than the cached ones Stage 2 was trained on).
+    `tta` averages Stage-2 softmax over the 8 mirrorings; `stage1_tta` averages each view of the
+    prior over its 4 in-plane mirrorings, the flips Stage 1 trained with (4x Stage-1 cost).
     `stage1_plane_size` pads slices as `predict_prior` does for the cached priors; give the same.
     `scheme` is the label scheme the nets were trained on (their class count).
     """
@@ -247,26 +247,19 @@ class CascadePredictor:
         )
 
     def _stage1_prior(self, image: Tensor) -> Tensor:
-        """Three-view Stage-1 probabilities (classes, x, y, z), optionally mirror-averaged."""
-        mirrorings = MIRROR_AXES if self.stage1_tta else ((),)
-        total = torch.zeros((self.scheme.num_classes, *image.shape[1:]), device=self.device)
-        for axes in mirrorings:
-            # Batch axes (2, 3, 4) are axes (1, 2, 3) of the unbatched (C, X, Y, Z) image.
-            volume_axes = tuple(axis - 1 for axis in axes)
-            flipped = image.flip(volume_axes) if axes else image
-            prior = predict_prior(
-                self.stage1_net,
-                flipped,
-                slab_depth=self.slab_depth,
-                views=self.views,
-                batch_size=self.stage1_batch_size,
-                device=self.device,
-                fp16=self.fp16,
-                plane_size=self.stage1_plane_size,
-                cpu_bf16=self.cpu_bf16,
-            )
-            total += prior.flip(volume_axes) if axes else prior
-        return total / len(mirrorings)
+        """Stage-1 probabilities (classes, x, y, z) over the views, optionally mirror-averaged."""
+        return predict_prior(
+            self.stage1_net,
+            image,
+            slab_depth=self.slab_depth,
+            views=self.views,
+            batch_size=self.stage1_batch_size,
+            device=self.device,
+            fp16=self.fp16,
+            plane_size=self.stage1_plane_size,
+            cpu_bf16=self.cpu_bf16,
+            mirror=self.stage1_tta,
+        )
 
     def _stage2(self, image: Tensor, prior: Tensor, box: Box) -> Tensor:
         """Prior with the Stage-2 mixed probabilities pasted into `box` (classes, x, y, z)."""

@@ -15,6 +15,9 @@ from cascade.data.cache import quantise_prior
 from cascade.data.slabs import slab_channels, view_axis
 from cascade.inference.precision import autocast_dtype
 
+# Flips of a (4, H, W, S) slab volume's two in-plane axes: none, H, W, both.
+IN_PLANE_MIRRORINGS: tuple[tuple[int, ...], ...] = ((), (1,), (2,), (1, 2))
+
 
 class PriorStore(Protocol):
     def image(self, case_id: str) -> np.ndarray: ...  # float (4, X, Y, Z)
@@ -57,34 +60,53 @@ def predict_view(
     fp16: bool,
     plane_size: Sequence[int] | None = None,
     cpu_bf16: bool = False,
+    mirror: bool = False,
 ) -> Tensor:
     """Softmax of the net for every slice along `view`: image (4, X, Y, Z) -> (K, X, Y, Z).
 
     fp16 autocast with `fp16` on CUDA, bf16 with `cpu_bf16` on a CPU that computes it natively.
+    `mirror` averages over the 4 in-plane mirrorings, the flips training augments with; the
+    slab axis is never flipped (a reversed slice order is one the net has not seen).
     """
     axis = view_axis(view)
     volume = image.movedim(1 + axis, -1)  # (4, H, W, S), slice axis last as in training
     volume, crop = _pad_plane(volume, plane_size)
+    mirrorings = IN_PLANE_MIRRORINGS if mirror else ((),)
+    total = None
+    for axes in mirrorings:
+        flipped = volume.flip(axes) if axes else volume
+        softmax = _slice_softmax(net, flipped, slab_depth, batch_size, fp16, cpu_bf16)
+        softmax = softmax.flip(axes) if axes else softmax
+        total = softmax if total is None else total.add_(softmax)
+    if len(mirrorings) > 1:
+        total.div_(len(mirrorings))
+    return total[crop].movedim(-1, 1 + axis)
+
+
+def _slice_softmax(
+    net: nn.Module, volume: Tensor, slab_depth: int, batch_size: int, fp16: bool, cpu_bf16: bool
+) -> Tensor:
+    """(4, H, W, S) slice axis last -> the net's softmax (K, H, W, S) on every slice's slab."""
     half = slab_depth // 2
     # zero slices past both ends (background after the z-score), then every k-window is a slab
     slabs = F.pad(volume, (half, half)).unfold(-1, slab_depth, 1)  # (4, H, W, S, k), a view
     slice_count = volume.shape[-1]
-    dtype = autocast_dtype(image.device, fp16, cpu_bf16)
+    dtype = autocast_dtype(volume.device, fp16, cpu_bf16)
     probabilities = None
     for start in range(0, slice_count, batch_size):
         stop = min(start + batch_size, slice_count)
         batch = slab_channels(slabs[:, :, :, start:stop].movedim(3, 0))  # (b, 4k, H, W)
-        if stop - start < batch_size and image.device.type == "cuda":
+        if stop - start < batch_size and volume.device.type == "cuda":
             # every pass the same shape: with cudnn.benchmark each new shape (the last batch
             # of every view and case) would be autotuned anew, costing more than the pass
             batch = F.pad(batch, (0, 0, 0, 0, 0, 0, 0, batch_size - (stop - start)))
-        with torch.autocast(image.device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(volume.device.type, dtype=dtype, enabled=dtype is not None):
             logits = net(batch)[: stop - start]
         batch_probabilities = torch.softmax(logits.float(), dim=1)  # (b, K, H, W)
         if probabilities is None:
-            probabilities = image.new_empty((logits.shape[1], *volume.shape[1:3], slice_count))
+            probabilities = volume.new_empty((logits.shape[1], *volume.shape[1:3], slice_count))
         probabilities[..., start:stop] = batch_probabilities.movedim(0, -1)
-    return probabilities[crop].movedim(-1, 1 + axis)
+    return probabilities
 
 
 @torch.inference_mode()
@@ -98,13 +120,15 @@ def predict_prior(
     fp16: bool,
     plane_size: Sequence[int] | None = None,
     cpu_bf16: bool = False,
+    mirror: bool = False,
 ) -> Tensor:
     """Mean over views of the slab-wise softmax: image (4, X, Y, Z) -> float32 (K, X, Y, Z).
 
     Runs on `device` (the net must already be there); fp16 autocast only on CUDA, bf16 on a
     CPU only with `cpu_bf16` (see cascade.inference.precision). plane_size
     optionally zero-pads each slice to the training slab size so normalisation sees the same
-    amount of background as in training.
+    amount of background as in training. `mirror`: each view averaged over its in-plane
+    mirrorings (test-time augmentation, 4x the cost).
     """
     if not views:
         raise ValueError("predict_prior: no views given")
@@ -116,7 +140,7 @@ def predict_prior(
     prior = None
     for view in views:
         view_probabilities = predict_view(
-            net, image, slab_depth, view, batch_size, fp16, plane_size, cpu_bf16
+            net, image, slab_depth, view, batch_size, fp16, plane_size, cpu_bf16, mirror
         )
         prior = view_probabilities if prior is None else prior.add_(view_probabilities)
     return prior.div_(len(views))

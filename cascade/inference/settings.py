@@ -29,7 +29,7 @@ class InferenceSettings:
     window_batch_size: int
     slab_batch_size: int  # Stage-1 slabs per forward pass on a GPU
     cpu_slab_batch_size: int  # and on a CPU
-    tta: bool  # 8x mirroring by default
+    tta: bool  # mirroring by default: Stage 1 in-plane (4x), Stage 2 on all axes (8x)
     min_enhancing_voxels: int | None  # the run's post-processing
     largest_tumor_component: bool
     labels: str  # the label scheme the nets were trained on

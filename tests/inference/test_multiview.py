@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from cascade.data.slabs import view_axis
 from cascade.inference.multiview import (
     predict_prior,
     predict_view,
@@ -43,6 +44,35 @@ def test_prior_does_not_depend_on_the_slab_batch() -> None:
     one_at_a_time = predict_prior(net, image, 5, VIEWS, batch_size=1, device="cpu", fp16=False)
     batched = predict_prior(net, image, 5, VIEWS, batch_size=4, device="cpu", fp16=False)
     torch.testing.assert_close(one_at_a_time, batched)
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_mirrored_view_is_the_mean_over_in_plane_flips_and_never_flips_the_slab_axis(
+    view: str,
+) -> None:
+    net, image = _net(), torch.randn(4, 10, 8, 7)
+    axis = 1 + view_axis(view)
+    in_plane = [a for a in (1, 2, 3) if a != axis]
+    expected = []
+    for flips in ((), (in_plane[0],), (in_plane[1],), tuple(in_plane)):
+        flipped = image.flip(flips) if flips else image
+        softmax = predict_view(net, flipped, 5, view, 4, False)
+        expected.append(softmax.flip(flips) if flips else softmax)
+    mirrored = predict_view(net, image, 5, view, 4, False, mirror=True)
+    torch.testing.assert_close(mirrored, sum(expected) / 4)
+    # a random net is not flip-equivariant: the mirrored prior differs from the plain one
+    assert not torch.allclose(mirrored, expected[0], atol=1e-4)
+    torch.testing.assert_close(mirrored.sum(0), torch.ones(10, 8, 7))
+
+
+def test_mirroring_leaves_a_flip_equivariant_net_unchanged() -> None:
+    net = nn.Conv2d(20, 4, kernel_size=1).eval()  # per pixel: every flip commutes with it
+    image = torch.randn(4, 9, 8, 6)
+    plain = predict_prior(net, image, 5, VIEWS, batch_size=2, device="cpu", fp16=False)
+    mirrored = predict_prior(
+        net, image, 5, VIEWS, batch_size=2, device="cpu", fp16=False, mirror=True
+    )
+    torch.testing.assert_close(mirrored, plain)
 
 
 def test_slab_batch_size_by_device_and_for_older_settings() -> None:
