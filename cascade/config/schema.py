@@ -174,6 +174,7 @@ class ModelConfig:
     lightning: LightningConfig = field(default_factory=LightningConfig)
     compile: bool = MISSING
     alpha_lr: float | None = MISSING
+    stage2_own_loss_weight: float = MISSING
     loss: LossConfig = field(default_factory=LossConfig)
     optimizer: dict[str, Any] = MISSING
     inference: InferenceConfig = field(default_factory=InferenceConfig)

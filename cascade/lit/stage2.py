@@ -27,8 +27,11 @@ class Stage2Module(L.LightningModule):
     cases are better than inference-time priors (Stage 1 saw those labels), and alpha should learn
     how far to trust an imperfect prior. The Stage-1 network is not part of this module.
     `alpha_lr` gives alpha its own learning rate (None: the optimizer's); alpha never gets weight
-    decay, which would pull it towards 0.5. optimizer/scheduler: as in Stage1Module (the
-    scheduler partial takes the optimizer and the run's total steps; stepped every step).
+    decay, which would pull it towards 0.5. `own_loss_weight` adds the loss of the net's own
+    probabilities (before the mix) with that weight: through the mix the net's gradient is scaled
+    by alpha, and where the prior is already right it gets almost none, so a short fit can leave
+    it unable to segment alone (0: the mixed loss only). optimizer/scheduler: as in Stage1Module
+    (the scheduler partial takes the optimizer and the run's total steps; stepped every step).
     Batches: {"image", "prior", "label"} as produced by Stage2DataModule. Validation scores the
     cascade as CascadePredictor runs it, so the best checkpoint is chosen on what is used:
     Stage 2 on the windows (`patch_size`, `overlap`, `window_batch_size`) around the prior's
@@ -48,6 +51,7 @@ class Stage2Module(L.LightningModule):
         overlap: float,
         window_batch_size: int,
         alpha_lr: float | None = None,
+        own_loss_weight: float = 0.0,
         roi_margin: int = 8,
         channels_last: bool = False,
         compile: bool = False,
@@ -66,6 +70,7 @@ class Stage2Module(L.LightningModule):
         self.overlap = overlap
         self.window_batch_size = window_batch_size
         self.alpha_lr = alpha_lr
+        self.own_loss_weight = own_loss_weight
         self.roi_margin = roi_margin
         self.channels_last = channels_last
         if channels_last:
@@ -79,15 +84,21 @@ class Stage2Module(L.LightningModule):
 
     def forward(self, image: Tensor, prior: Tensor) -> Tensor:
         """image (B, 4, X, Y, Z), prior (B, classes, X, Y, Z) probabilities -> mixed ones."""
+        return self.mix(self.stage2_probabilities(image, prior), prior.float())
+
+    def stage2_probabilities(self, image: Tensor, prior: Tensor) -> Tensor:
+        """The Stage-2 net's own softmax (B, classes, X, Y, Z), before the mix."""
         inputs = torch.cat([image, prior.to(image.dtype)], dim=1)
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
-        stage2_probabilities = torch.softmax(self.net(inputs).float(), dim=1)
-        return self.mix(stage2_probabilities, prior.float())
+        return torch.softmax(self.net(inputs).float(), dim=1)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        probabilities = self(batch["image"], batch["prior"])
+        own = self.stage2_probabilities(batch["image"], batch["prior"])
+        probabilities = self.mix(own, batch["prior"].float())
         loss = self.loss(probabilities, batch["label"])
+        if self.own_loss_weight:
+            loss = loss + self.own_loss_weight * self.loss(own, batch["label"])
         batch_size = batch["image"].shape[0]
         self.train_loss(loss.detach())
         log_options = dict(on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)

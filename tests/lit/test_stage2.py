@@ -19,7 +19,10 @@ from tests.sampling.test_stage2 import MemoryStore, make_datamodule
 
 
 def make_module(
-    alpha_lr: float | None = None, scheduler=None, channels_last: bool = False
+    alpha_lr: float | None = None,
+    scheduler=None,
+    channels_last: bool = False,
+    own_loss_weight: float = 0.0,
 ) -> Stage2Module:
     torch.manual_seed(0)
     return Stage2Module(
@@ -32,6 +35,7 @@ def make_module(
         overlap=0.25,
         window_batch_size=2,
         alpha_lr=alpha_lr,
+        own_loss_weight=own_loss_weight,
         channels_last=channels_last,
     )
 
@@ -103,6 +107,36 @@ def test_window_prediction_mixes_each_window_with_its_prior(channels_last: bool)
         alpha = torch.sigmoid(torch.tensor(0.7))
     torch.testing.assert_close(mixed, alpha * p2 + (1 - alpha) * prior, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(mixed.sum(1), torch.ones(2, 16, 16, 16))
+
+
+def _patch_batch() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    label = torch.randint(0, 4, (2, 16, 16, 16), generator=generator).to(torch.uint8)
+    prior = torch.nn.functional.one_hot(label.long(), 4).movedim(-1, 1).float()
+    return {"image": torch.randn(2, 4, 16, 16, 16, generator=generator), "prior": prior,
+            "label": label}  # fmt: skip
+
+
+def _net_gradient(module: Stage2Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    module.zero_grad()
+    module.training_step(batch, 0).backward()
+    return torch.cat([parameter.grad.flatten() for parameter in module.net.parameters()])
+
+
+@pytest.mark.filterwarnings("ignore:.*self.log.*")
+def test_own_loss_trains_the_net_where_the_mix_leans_on_a_perfect_prior() -> None:
+    batch = _patch_batch()
+    mixed_only, with_own = make_module(), make_module(own_loss_weight=0.5)
+    for module in (mixed_only, with_own):
+        with torch.no_grad():
+            module.mix.logit.fill_(-12.0)  # alpha ~ 6e-6: the output is the (perfect) prior
+    own = with_own.stage2_probabilities(batch["image"], batch["prior"])
+    mixed = with_own(batch["image"], batch["prior"])
+    expected = with_own.loss(mixed, batch["label"]) + 0.5 * with_own.loss(own, batch["label"])
+    torch.testing.assert_close(with_own.training_step(batch, 0), expected)
+    # through the mix alone the net learns (almost) nothing; its own loss gives it a gradient
+    assert _net_gradient(mixed_only, batch).abs().max() < 1e-4
+    assert _net_gradient(with_own, batch).abs().max() > 1e-3
 
 
 def test_alpha_gets_its_own_group_without_weight_decay() -> None:
