@@ -148,14 +148,14 @@ def build_predictor(
     cpu_bf16: bool = False,
     largest_tumor_component: bool | None = None,
 ):
-    """A CascadePredictor with the checkpoint's settings; ``tta``, ``min_enhancing_voxels`` (0:
-    off) and ``largest_tumor_component`` override the stored ones where not None. ``cpu_bf16``
-    takes the fast bf16 path on a CPU that has it (cascade.inference.precision)."""
+    """A CascadePredictor with the checkpoint's settings; ``tta`` (both stages' mirroring),
+    ``min_enhancing_voxels`` (0: off) and ``largest_tumor_component`` override the stored ones
+    where not None. ``cpu_bf16`` takes the fast bf16 path on a CPU that has it
+    (cascade.inference.precision)."""
     from cascade.data.preprocess import Preprocessor
     from cascade.inference.cascade import CascadePredictor
 
     settings = model.settings
-    mirrored = settings.tta if tta is None else tta
     return CascadePredictor(
         stage1_net=model.stage1,
         stage2_net=model.stage2,
@@ -171,8 +171,8 @@ def build_predictor(
         stage2_batch_size=settings.window_batch_size,
         device=device,
         fp16=fp16,
-        tta=mirrored,
-        stage1_tta=mirrored,
+        tta=settings.tta if tta is None else tta,
+        stage1_tta=settings.stage1_tta if tta is None else tta,
         min_enhancing_voxels=(
             settings.min_enhancing_voxels if min_enhancing_voxels is None else min_enhancing_voxels
         ),

@@ -3,7 +3,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cascade.checkpoint import CascadeModel, CheckpointError, load_checkpoint, save_checkpoint
+from cascade.checkpoint import (
+    CascadeModel,
+    CheckpointError,
+    build_predictor,
+    load_checkpoint,
+    save_checkpoint,
+)
 from cascade.inference.settings import InferenceSettings
 from cascade.nn.attention_unet3d import AttentionUNet3d
 from cascade.nn.residual_mix import LearnableResidualMix
@@ -42,6 +48,7 @@ SETTINGS = InferenceSettings(
     slab_batch_size=16,
     cpu_slab_batch_size=1,
     tta=False,
+    stage1_tta=True,
     min_enhancing_voxels=None,
     largest_tumor_component=True,
     labels="brats2023",
@@ -173,3 +180,19 @@ def test_a_checkpoint_whose_settings_lack_a_key_is_refused_with_its_name(tmp_pat
     torch.save(payload, tmp_path / "cascade.ckpt")
     with pytest.raises(CheckpointError, match="cascade.ckpt: the settings have no 'patch_size'"):
         load_checkpoint(tmp_path / "cascade.ckpt")
+
+
+def test_predictor_mirrors_each_stage_as_stored_and_tta_turns_both_on(tmp_path: Path) -> None:
+    model = _model()  # stored: Stage-1 mirroring on, Stage-2 off
+    stored = build_predictor(model, "cpu")
+    assert (stored.stage1_tta, stored.tta) == (True, False)
+    both = build_predictor(model, "cpu", tta=True)
+    assert (both.stage1_tta, both.tta) == (True, True)
+    neither = build_predictor(model, "cpu", tta=False)
+    assert (neither.stage1_tta, neither.tta) == (False, False)
+
+
+def test_settings_without_stage1_mirroring_load_with_it_off() -> None:
+    stored = SETTINGS.to_stored()
+    del stored["inference"]["stage1_tta"]
+    assert InferenceSettings.from_stored(stored).stage1_tta is False

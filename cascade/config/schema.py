@@ -151,6 +151,7 @@ class InferenceConfig:
     slab_batch_size: int = MISSING
     cpu_slab_batch_size: int = MISSING
     tta: bool = MISSING
+    stage1_tta: bool = MISSING
 
 
 @dataclass

@@ -29,7 +29,8 @@ class InferenceSettings:
     window_batch_size: int
     slab_batch_size: int  # Stage-1 slabs per forward pass on a GPU
     cpu_slab_batch_size: int  # and on a CPU
-    tta: bool  # mirroring by default: Stage 1 in-plane (4x), Stage 2 on all axes (8x)
+    tta: bool  # Stage 2 averaged over its 8 mirrorings by default
+    stage1_tta: bool  # each Stage-1 view over its 4 in-plane mirrorings
     min_enhancing_voxels: int | None  # the run's post-processing
     largest_tumor_component: bool
     labels: str  # the label scheme the nets were trained on
@@ -49,6 +50,7 @@ class InferenceSettings:
             slab_batch_size=inference.slab_batch_size,
             cpu_slab_batch_size=inference.cpu_slab_batch_size,
             tta=inference.tta,
+            stage1_tta=inference.stage1_tta,
             min_enhancing_voxels=cfg.postprocessing.min_enhancing_voxels,
             largest_tumor_component=cfg.postprocessing.largest_tumor_component,
             labels=cfg.data.labels,
@@ -69,6 +71,7 @@ class InferenceSettings:
                 "slab_batch_size": self.slab_batch_size,
                 "cpu_slab_batch_size": self.cpu_slab_batch_size,
                 "tta": self.tta,
+                "stage1_tta": self.stage1_tta,
             },
             "min_enhancing_voxels": self.min_enhancing_voxels,
             "largest_tumor_component": self.largest_tumor_component,
@@ -79,7 +82,7 @@ class InferenceSettings:
     def from_stored(cls, stored: Mapping[str, Any]) -> InferenceSettings:
         """Settings of any checkpoint version; keys that older checkpoints lack take the value
         those checkpoints were used with (no label scheme: BraTS 2020; no CPU batch size: the
-        GPU one; no largest-component rule: off)."""
+        GPU one; no largest-component rule or Stage-1 mirroring: off)."""
         try:
             inference = stored["inference"]
             return cls(
@@ -96,6 +99,7 @@ class InferenceSettings:
                     inference.get("cpu_slab_batch_size", inference["slab_batch_size"])
                 ),
                 tta=bool(inference["tta"]),
+                stage1_tta=bool(inference.get("stage1_tta", False)),
                 min_enhancing_voxels=stored.get("min_enhancing_voxels"),
                 largest_tumor_component=bool(stored.get("largest_tumor_component", False)),
                 labels=stored.get("labels") or DEFAULT_SCHEME.name,
