@@ -66,6 +66,7 @@ class Stage1DataConfig:
     intensity_probability: float = MISSING
     log_gamma: float = MISSING
     bias_field_coefficient: float = MISSING
+    gamma_per_modality: bool = MISSING
     seed: int = MISSING
 
 

@@ -1,7 +1,8 @@
 """Stage-1 intensity augmentation of whole slab batches on the device: gamma and bias field.
 
 The batch counterparts of TorchIO's RandomGamma and RandomBiasField (order 2), one draw per
-slab, applied with broadcasting. Background (0 after the z-score) stays 0.
+slab (gamma optionally one per modality), applied with broadcasting. Background (0 after the
+z-score) stays 0.
 """
 
 from __future__ import annotations
@@ -16,10 +17,22 @@ class SlabIntensity(nn.Module):
     """Each slab, with chance `probability` each: gamma exp(U(-log_gamma, log_gamma)) on the
     magnitudes (sign kept, as z-scored images are signed); then a smooth multiplicative field
     exp(sum_t c_t * P_t(h, w)) over the plane, P_t the monomials of degree <= 2 on [-1, 1]^2,
-    c_t ~ U(-bias_field_coefficient, bias_field_coefficient)."""
+    c_t ~ U(-bias_field_coefficient, bias_field_coefficient).
 
-    def __init__(self, probability: float, log_gamma: float, bias_field_coefficient: float) -> None:
+    `gamma_groups` > 1 draws one gamma per group of contiguous channels (a modality's slices in
+    a slab), so that the sequences' contrasts change against each other, as TorchIO's
+    RandomGamma does per image and nnU-Net's per channel."""
+
+    def __init__(
+        self,
+        probability: float,
+        log_gamma: float,
+        bias_field_coefficient: float,
+        gamma_groups: int = 1,
+    ) -> None:
         super().__init__()
+        if gamma_groups < 1:
+            raise ValueError(f"SlabIntensity: gamma_groups must be >= 1, got {gamma_groups}")
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"SlabIntensity: probability must lie in [0, 1], got {probability}")
         if log_gamma < 0 or bias_field_coefficient < 0:
@@ -27,14 +40,24 @@ class SlabIntensity(nn.Module):
         self.probability = probability
         self.log_gamma = log_gamma
         self.bias_field_coefficient = bias_field_coefficient
+        self.gamma_groups = gamma_groups
 
     def forward(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """image (B, C, H, W) float -> augmented copy."""
-        batch, _, height, width = image.shape
-        draw = uniforms(10, batch, generator, image.device)
+        batch, channels, height, width = image.shape
+        groups = self.gamma_groups
+        if channels % groups:
+            raise ValueError(
+                f"SlabIntensity: {channels} channels do not split into {groups} gamma groups"
+            )
+        # one group draws as many uniforms as before groups existed: seeded runs are unchanged
+        draw = uniforms(9 + groups, batch, generator, image.device)
         if self.log_gamma > 0:
-            gamma = torch.exp(self.log_gamma * (2 * draw[0] - 1))
-            gamma = torch.where(draw[1] < self.probability, gamma, 1.0).view(batch, 1, 1, 1)
+            gamma_draws = torch.cat([draw[:1], draw[10:]]).T  # (B, groups)
+            gamma = torch.exp(self.log_gamma * (2 * gamma_draws - 1))
+            chosen = draw[1].view(batch, 1) < self.probability
+            gamma = torch.where(chosen, gamma, 1.0)
+            gamma = gamma.repeat_interleave(channels // groups, dim=1).view(batch, channels, 1, 1)
             image = image.sign() * image.abs().pow(gamma)
         if self.bias_field_coefficient > 0:
             rows = torch.linspace(-1, 1, height, device=image.device).view(height, 1)
@@ -56,5 +79,6 @@ class SlabIntensity(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"probability={self.probability}, log_gamma={self.log_gamma}, "
-            f"bias_field_coefficient={self.bias_field_coefficient}"
+            f"bias_field_coefficient={self.bias_field_coefficient}, "
+            f"gamma_groups={self.gamma_groups}"
         )

@@ -75,6 +75,7 @@ class Stage1DataModule(L.LightningDataModule):
         log_gamma: float,
         bias_field_coefficient: float,
         seed: int,
+        gamma_per_modality: bool = False,
     ) -> None:
         super().__init__()
         for view in views:
@@ -92,7 +93,12 @@ class Stage1DataModule(L.LightningDataModule):
         self.samples_per_case = samples_per_case
         self.seed = seed
         self.draws = SlabDraws(slab_depth, views, slab_size, tumor_fraction, flip_probability)
-        self.intensity = SlabIntensity(intensity_probability, log_gamma, bias_field_coefficient)
+        self.intensity = SlabIntensity(
+            intensity_probability,
+            log_gamma,
+            bias_field_coefficient,
+            gamma_groups=len(MODALITIES) if gamma_per_modality else 1,
+        )
         self.pooled: PooledBatches | None = None
         self._generator: torch.Generator | None = None
 

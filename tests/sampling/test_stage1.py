@@ -124,6 +124,29 @@ def test_slab_intensity_keeps_background_and_p_zero_is_identity() -> None:
     assert spread.min() >= np.exp(-0.3) - 1e-4 and spread.max() <= np.exp(0.3) + 1e-4
 
 
+def test_gamma_per_modality_changes_the_sequences_contrasts_apart() -> None:
+    # a slab's channels: modality * 5 + slice; each modality's 5 slices share one exponent
+    image = torch.rand(6, 20, 10, 12) + 2.0
+    generator = torch.Generator().manual_seed(0)
+    changed = SlabIntensity(1.0, 0.3, 0.0, gamma_groups=4)(image, generator)
+    exponents = (changed.log() / image.log()).view(6, 4, 5, -1)
+    per_modality = exponents.mean((2, 3))
+    assert torch.allclose(exponents, per_modality[:, :, None, None].expand_as(exponents), atol=1e-3)
+    assert torch.all(per_modality.max(1).values - per_modality.min(1).values > 1e-3)
+    assert per_modality.min() >= np.exp(-0.3) - 1e-4 and per_modality.max() <= np.exp(0.3) + 1e-4
+    with pytest.raises(ValueError, match="do not split into 3"):
+        SlabIntensity(1.0, 0.3, 0.0, gamma_groups=3)(image, generator)
+
+
+def test_one_gamma_group_draws_as_before_groups_existed() -> None:
+    # seeded runs from before the option give the same slabs: the first 10 draws, as then
+    image = torch.rand(6, 20, 10, 12) + 2.0
+    draws = torch.rand(10, 6, generator=torch.Generator().manual_seed(3))
+    changed = SlabIntensity(1.0, 0.3, 0.0)(image, torch.Generator().manual_seed(3))
+    expected = image.pow(torch.exp(0.3 * (2 * draws[0] - 1)).view(6, 1, 1, 1))
+    assert torch.allclose(changed, expected, rtol=1e-5)
+
+
 def _module(store, **overrides) -> Stage1DataModule:
     options = dict(
         store=store,
@@ -146,6 +169,12 @@ def _module(store, **overrides) -> Stage1DataModule:
     )
     options.update(overrides)
     return Stage1DataModule(**options)
+
+
+def test_the_data_module_draws_a_gamma_per_sequence_when_asked() -> None:
+    assert _module(FakeStore(["a", "b", "c", "d"])).intensity.gamma_groups == 1
+    per_modality = _module(FakeStore(["a", "b", "c", "d"]), gamma_per_modality=True)
+    assert per_modality.intensity.gamma_groups == 4
 
 
 def _attach(module) -> None:
