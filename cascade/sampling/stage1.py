@@ -74,8 +74,8 @@ class Stage1DataModule(L.LightningDataModule):
         intensity_probability: float,
         log_gamma: float,
         bias_field_coefficient: float,
+        gamma_per_modality: bool,
         seed: int,
-        gamma_per_modality: bool = False,
     ) -> None:
         super().__init__()
         for view in views:

@@ -69,6 +69,7 @@ def _tiny_data() -> Stage1DataModule:
         intensity_probability=0.0,
         log_gamma=0.0,
         bias_field_coefficient=0.0,
+        gamma_per_modality=False,
         seed=0,
     )
 

@@ -165,6 +165,7 @@ def _module(store, **overrides) -> Stage1DataModule:
         intensity_probability=0.5,
         log_gamma=0.2,
         bias_field_coefficient=0.2,
+        gamma_per_modality=False,
         seed=0,
     )
     options.update(overrides)
