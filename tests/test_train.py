@@ -211,7 +211,7 @@ class _Steps(L.Callback):
 
 
 def test_an_interrupted_stage2_fit_resumes_from_its_checkpoint(smoke_run) -> None:
-    from cascade.pipeline import folders, prepare, stages
+    from cascade.pipeline import folders, prepare, priors, stages
 
     cache, run = smoke_run
     register_resolvers()
@@ -222,7 +222,7 @@ def test_an_interrupted_stage2_fit_resumes_from_its_checkpoint(smoke_run) -> Non
     train_ids, val_ids, _ = prepare.prepare_split(cases, cfg.data.split, run)
     store, cases, scheme = prepare.prepare_cache(cases, cfg.preprocessing, cache, cfg.data.labels)
     _, weights = stages.fit_stage1(cfg, scheme, store, train_ids, val_ids, None)
-    tag = folders.file_tag(weights)
+    tag = folders.priors_tag(weights, priors.priors_precision(cfg))
     identity = store.identity(train_ids + val_ids)
     folder = folders.stage2_folder(cfg, tag, train_ids, val_ids, identity)
 

@@ -153,6 +153,7 @@ class InferenceConfig:
     cpu_slab_batch_size: int = MISSING
     tta: bool = MISSING
     stage1_tta: bool = MISSING
+    cpu_bf16: bool = MISSING
 
 
 @dataclass

@@ -158,10 +158,12 @@ def write_priors(
     fp16: bool,
     progress: bool = True,
     plane_size: Sequence[int] | None = None,
+    cpu_bf16: bool = False,
 ) -> None:
     """Predict and store the prior of every case that has none under `tag` yet, handed to the
     store as uint8 steps of 1/255 (`cascade.data.cache.quantise_prior`), quantised on the
-    device: a quarter of the bytes back to the host, and no host pass over the volume."""
+    device: a quarter of the bytes back to the host, and no host pass over the volume.
+    `fp16` and `cpu_bf16` choose the precision as for `predict_prior`."""
     todo = [case_id for case_id in case_ids if not cache.has_prior(case_id, tag)]
     if not todo:
         return
@@ -170,8 +172,9 @@ def write_priors(
     try:
         for case_id in tqdm(todo, desc="stage-1 priors", disable=not progress):
             prior = predict_prior(
-                net, cache.image(case_id), slab_depth, views, batch_size, device, fp16, plane_size
-            )
+                net, cache.image(case_id), slab_depth, views, batch_size, device, fp16,
+                plane_size, cpu_bf16,
+            )  # fmt: skip
             cache.write_prior(case_id, tag, quantise_prior(prior).cpu().numpy())
     finally:
         net.train(was_training)

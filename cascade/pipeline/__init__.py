@@ -16,7 +16,7 @@ from cascade.inference.settings import InferenceSettings
 from cascade.lit.callbacks import TrainingSamples
 from cascade.loggers import build_logger
 from cascade.pipeline.evaluation import evaluate_cases, format_metrics, run_metrics, write_outputs
-from cascade.pipeline.folders import file_tag
+from cascade.pipeline.folders import priors_tag
 from cascade.pipeline.prepare import (
     generate_cases,
     open_cache,
@@ -24,7 +24,7 @@ from cascade.pipeline.prepare import (
     prepare_split,
     settle_scheme,
 )
-from cascade.pipeline.priors import write_stage1_priors
+from cascade.pipeline.priors import priors_precision, write_stage1_priors
 from cascade.pipeline.stages import fit_stage1, fit_stage2
 from cascade.ranks import is_global_zero, set_rank_from_environment
 from cascade.timings import PhaseTimings
@@ -71,7 +71,7 @@ def run(cfg: DictConfig) -> dict | None:
             cfg, scheme, cache, train_ids, val_ids, logger, [samples]
         )
         phase.count, phase.detail = samples.samples, None if samples.samples else "reused"
-    prior_tag = file_tag(stage1_weights)
+    prior_tag = priors_tag(stage1_weights, priors_precision(cfg))
     with timings.phase("priors", "cases") as phase:
         prior_ids = train_ids + val_ids
         written = sum(cache.has_prior(case_id, prior_tag) for case_id in prior_ids)
@@ -101,7 +101,12 @@ def run(cfg: DictConfig) -> dict | None:
         save_alpha_curve(run_dir / "alpha.png", alpha_history.steps, alpha_history.alphas)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    predictor = build_predictor(model, device, fp16=str(cfg.trainer.precision).startswith("16"))
+    predictor = build_predictor(
+        model,
+        device,
+        fp16=str(cfg.trainer.precision).startswith("16"),
+        cpu_bf16=cfg.model.inference.cpu_bf16,
+    )
     overlay_dir = run_dir / "overlays" if cfg.evaluation.overlay_cases else None
     # validation cases chose both checkpoints; test cases chose nothing, so they are reported
     # (metrics.json's top level) whenever there are any, and validation apart under "val"

@@ -40,8 +40,15 @@ def stage_folder(cfg: DictConfig, stage: str, *parts: Any) -> Path:
 
 
 def file_tag(path: Path) -> str:
-    """Short content hash of a weights file: names the priors it produced."""
+    """Short content hash of a file."""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def priors_tag(stage1_weights: Path, precision: Any = None) -> str:
+    """Names the priors of one Stage 1: its weights' hash, and the reduced precision (a torch
+    dtype) they were predicted in, if any."""
+    tag = file_tag(stage1_weights)
+    return tag if precision is None else f"{tag}-{str(precision).removeprefix('torch.')}"
 
 
 def _shaping(node: Any, left_out: Sequence[str]) -> dict[str, Any]:

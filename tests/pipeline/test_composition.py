@@ -5,21 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 
-from cascade.config import CONFIG_DIR, register_resolvers
 from cascade.pipeline.composition import build, build_trainer
 from cascade.pipeline.folders import stage1_folder
-
-
-def _config(*overrides: str):
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=["experiment=smoke", "cache_dir=/tmp/unused", "logger=none", *overrides],
-        )
+from tests.pipeline.configs import smoke_config
 
 
 def _callbacks_of(trainer, kind):
@@ -28,7 +18,7 @@ def _callbacks_of(trainer, kind):
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_the_default_callbacks_checkpoint_each_stage_in_its_folder(stage, tmp_path) -> None:
-    trainer = build_trainer(_config(), stage, tmp_path / stage, None, [])
+    trainer = build_trainer(smoke_config(), stage, tmp_path / stage, None, [])
     (checkpoint,) = _callbacks_of(trainer, ModelCheckpoint)
     assert checkpoint is trainer.checkpoint_callback
     assert Path(checkpoint.dirpath) == tmp_path / stage / "checkpoints"
@@ -41,7 +31,7 @@ def test_the_default_callbacks_checkpoint_each_stage_in_its_folder(stage, tmp_pa
 
 
 def test_early_stopping_is_one_config_choice(tmp_path) -> None:
-    cfg = _config("callbacks=early_stopping", "callbacks.early_stopping.patience=1")
+    cfg = smoke_config("callbacks=early_stopping", "callbacks.early_stopping.patience=1")
     trainer = build_trainer(cfg, "stage2", tmp_path, None, [])
     (stopping,) = _callbacks_of(trainer, EarlyStopping)
     assert stopping.monitor == "stage2/val_dice_mean" and stopping.patience == 1
@@ -49,7 +39,7 @@ def test_early_stopping_is_one_config_choice(tmp_path) -> None:
 
 
 def test_a_callback_added_on_the_command_line_is_built(tmp_path) -> None:
-    cfg = _config(
+    cfg = smoke_config(
         "+callbacks.lr_monitor={_target_: lightning.pytorch.callbacks.LearningRateMonitor}"
     )
     trainer = build_trainer(cfg, "stage1", tmp_path, None, [])
@@ -58,7 +48,7 @@ def test_a_callback_added_on_the_command_line_is_built(tmp_path) -> None:
 
 def test_a_callback_switched_off_leaves_lightning_default_checkpointing(tmp_path) -> None:
     trainer = build_trainer(
-        _config("callbacks.model_checkpoint=null"), "stage1", tmp_path, None, []
+        smoke_config("callbacks.model_checkpoint=null"), "stage1", tmp_path, None, []
     )
     # Lightning's own checkpoint callback, which monitors nothing: the last weights are kept
     assert trainer.checkpoint_callback.monitor is None
@@ -66,13 +56,13 @@ def test_a_callback_switched_off_leaves_lightning_default_checkpointing(tmp_path
 
 def test_callbacks_shape_the_stage_folder_and_loader_workers_do_not() -> None:
     ids = (["a", "b"], ["c"], "identity")
-    base = stage1_folder(_config(), *ids)
-    assert stage1_folder(_config("callbacks=early_stopping"), *ids) != base
-    assert stage1_folder(_config("data.stage1.num_workers=0"), *ids) == base
+    base = stage1_folder(smoke_config(), *ids)
+    assert stage1_folder(smoke_config("callbacks=early_stopping"), *ids) != base
+    assert stage1_folder(smoke_config("data.stage1.num_workers=0"), *ids) == base
 
 
 def test_the_lightning_modules_are_partials_completed_by_the_pipeline() -> None:
-    cfg = _config()
+    cfg = smoke_config()
     stage1 = build(cfg.model.lightning.stage1)
     assert stage1.keywords["views"] == ["axial", "sagittal", "coronal"]
     assert stage1.keywords["plane_size"] == list(cfg.data.stage1.slab_size)
@@ -81,7 +71,7 @@ def test_the_lightning_modules_are_partials_completed_by_the_pipeline() -> None:
 
 
 def test_weight_averaging_is_one_config_choice_that_shapes_the_weights(tmp_path) -> None:
-    cfg = _config("callbacks=weight_averaging")
+    cfg = smoke_config("callbacks=weight_averaging")
     trainer = build_trainer(cfg, "stage1", tmp_path, None, [])
     (averaging,) = _callbacks_of(trainer, EMAWeightAveraging)
     # the first epoch stays out of the average
@@ -89,4 +79,4 @@ def test_weight_averaging_is_one_config_choice_that_shapes_the_weights(tmp_path)
     assert not averaging.should_update(epoch_idx=0) and averaging.should_update(epoch_idx=1)
     assert len(_callbacks_of(trainer, ModelCheckpoint)) == 1
     ids = (["a", "b"], ["c"], "identity")
-    assert stage1_folder(cfg, *ids) != stage1_folder(_config(), *ids)
+    assert stage1_folder(cfg, *ids) != stage1_folder(smoke_config(), *ids)
