@@ -24,7 +24,7 @@ from cascade.pipeline.prepare import (
     prepare_split,
     settle_scheme,
 )
-from cascade.pipeline.priors import priors_precision, write_stage1_priors
+from cascade.pipeline.priors import priors_precision, sixteen_bit, write_stage1_priors
 from cascade.pipeline.stages import fit_stage1, fit_stage2
 from cascade.ranks import is_global_zero, set_rank_from_environment
 from cascade.timings import PhaseTimings
@@ -104,7 +104,7 @@ def run(cfg: DictConfig) -> dict | None:
     predictor = build_predictor(
         model,
         device,
-        fp16=str(cfg.trainer.precision).startswith("16"),
+        fp16=sixteen_bit(cfg),
         cpu_bf16=cfg.model.inference.cpu_bf16,
     )
     overlay_dir = run_dir / "overlays" if cfg.evaluation.overlay_cases else None

@@ -26,10 +26,11 @@ def priors_precision(cfg: DictConfig) -> torch.dtype | None:
     """The dtype Stage 1 autocasts to for the priors (None: fp32): fp16 on a GPU in a 16-bit
     run, bf16 on a CPU that computes it natively with ``model.inference.cpu_bf16``. It changes
     the priors a little, so it is part of their tag."""
-    return autocast_dtype(priors_device(), _fp16(cfg), cfg.model.inference.cpu_bf16)
+    return autocast_dtype(priors_device(), sixteen_bit(cfg), cfg.model.inference.cpu_bf16)
 
 
-def _fp16(cfg: DictConfig) -> bool:
+def sixteen_bit(cfg: DictConfig) -> bool:
+    """Whether the run trains in 16-bit precision (and so predicts in fp16 on a GPU)."""
     return str(cfg.trainer.precision).startswith("16")
 
 
@@ -58,7 +59,7 @@ def _write_priors(cfg, net, cache, case_ids, tag, device, progress) -> None:
         views=list(cfg.data.stage1.views),
         batch_size=slab_batch_size(cfg.model.inference, device),
         device=device,
-        fp16=_fp16(cfg),
+        fp16=sixteen_bit(cfg),
         progress=progress,
         # slices padded to the training slab size, so instance norm sees what it saw in training
         plane_size=list(cfg.data.stage1.slab_size),
