@@ -14,12 +14,16 @@ import numpy as np
 from scipy import ndimage
 
 
+def robust_z(flair: np.ndarray) -> np.ndarray:
+    """FLAIR as a robust z-score over the brain (FLAIR > 0): median and scaled MAD."""
+    values = flair[flair > 0]
+    median = np.median(values)
+    return (flair - median) / (1.4826 * np.median(np.abs(values - median)))
+
+
 def flair_rule(flair: np.ndarray, threshold: float = 2.0) -> np.ndarray:
     brain = flair > 0
-    values = flair[brain]
-    median = np.median(values)
-    z = (flair - median) / (1.4826 * np.median(np.abs(values - median)))
-    components, count = ndimage.label(brain & (z > threshold))
+    components, count = ndimage.label(brain & (robust_z(flair) > threshold))
     if count == 0:
         return np.zeros(flair.shape, bool)
     sizes = ndimage.sum_labels(np.ones(flair.shape), components, np.arange(1, count + 1))
