@@ -11,8 +11,11 @@ run was 1.39x slower). What made sharing costly is OpenMP's busy waiting: a torc
 reaches a barrier spins for its peers, and when more threads than cores are runnable (two jobs
 on one machine, or a worker awake) the spinning thread holds the core its peer needs; two jobs
 on a 2-core machine with 2 threads each ran 6.5 times slower than one alone instead of about
-twice. `wait_passively` makes waiting threads sleep instead; it must run before torch is
-imported, which is why this module imports torch only where it sets threads.
+twice. `choose_omp_waiting("passive")` makes waiting threads sleep instead. Sleeping has its own
+cost where the nets train on a CPU: a small net's layers are short, and its threads then spend
+a good part of each step waking each other, so a job that has the machine to itself may choose
+"spin" (OpenMP's own default). The choice must be made before torch is imported, which is why
+this module imports torch only where it sets threads.
 
 Per-case work (checking, preprocessing, generating) runs one case per process over the job's
 cores (`map_in_processes`), each process on one thread.
@@ -37,8 +40,9 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 CORES_VARIABLE = "CASCADE_CORES"
-# OpenMP threads that wait sleep rather than spin (read once, when torch loads OpenMP)
-PASSIVE_WAITING = {"OMP_WAIT_POLICY": "PASSIVE"}
+# How OpenMP threads wait for their peers (read once, when torch loads OpenMP): "passive", they
+# sleep; "spin", OpenMP's default, they spin a while first (libgomp: a few milliseconds)
+OMP_WAITING: dict[str, dict[str, str]] = {"passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin": {}}
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -115,13 +119,19 @@ def plan(cores: int, workers: MutableMapping[str, int] | dict[str, int]) -> JobS
     return JobSize(cores, cores, capped)
 
 
-def wait_passively(environment: MutableMapping[str, str] = os.environ) -> None:
-    """Make OpenMP's waiting threads sleep (unless the user chose a policy), before torch loads
-    OpenMP: then torch threads and loader workers can share cores without spinning on them."""
-    if "torch" in sys.modules:
-        log.warning("torch is already imported: OpenMP keeps its busy waiting in this process")
-    for name, value in PASSIVE_WAITING.items():
-        environment.setdefault(name, value)
+def choose_omp_waiting(policy: str, environment: MutableMapping[str, str] = os.environ) -> None:
+    """Set how OpenMP's waiting threads wait (`OMP_WAITING`), before torch loads OpenMP; a
+    policy the user chose with ``OMP_WAIT_POLICY`` is kept. An unknown name sets nothing (the
+    config check reports it)."""
+    wanted = {
+        name: value
+        for name, value in OMP_WAITING.get(policy, {}).items()
+        if name not in environment
+    }
+    if wanted and "torch" in sys.modules:
+        log.warning("torch is already imported: OpenMP keeps the waiting it started with")
+        return
+    environment.update(wanted)
 
 
 def process_cores(devices: object = 1) -> int:

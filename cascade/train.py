@@ -22,7 +22,7 @@ from cascade.config import (
     register_resolvers,
 )
 from cascade.config.check import ConfigError, check_config
-from cascade.cores import wait_passively
+from cascade.cores import choose_omp_waiting
 from cascade.messages import route_messages
 
 # what a config error exits with, as argparse does for a bad command line
@@ -31,6 +31,8 @@ CONFIG_ERROR_STATUS = 2
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _train(cfg: DictConfig) -> float | None:
+    # before anything loads torch, whose OpenMP reads it once (check_config reports a bad name)
+    choose_omp_waiting(cfg.get("omp_waiting"))
     try:
         check_config(cfg)
     except ConfigError as error:
@@ -71,7 +73,6 @@ def _config_error(message: str) -> None:
 
 
 def main() -> None:
-    wait_passively()  # before torch is imported: its threads then share cores with loader workers
     register_resolvers()
     pin_ddp_child_to_parent_job()
     sys.argv = [sys.argv[0], *experiment_without_plus(sys.argv[1:])]

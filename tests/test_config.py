@@ -168,6 +168,7 @@ def test_a_mistyped_key_on_the_command_line_is_named(override, message) -> None:
     ("override", "problem"),
     [
         ("stage=3", "must be one of 1, 2, all"),
+        ("omp_waiting=sleep", "must be one of passive, spin"),
         (
             "data.labels=brats2021",
             "must be one of auto, brats2020, brats2023, brats2024, msd (did you mean brats2024?)",

@@ -68,14 +68,23 @@ def test_torch_gets_every_core_and_workers_leave_one_to_training():
     assert size.workers == {"stage1": 4, "stage2": 2} and size.torch_threads == 16
 
 
-def test_waiting_threads_sleep_unless_the_user_chose(monkeypatch):
+def test_waiting_threads_sleep_or_spin_as_chosen_unless_the_user_chose(monkeypatch):
     monkeypatch.delitem(sys.modules, "torch")  # as before torch is imported
     environment = {}
-    cores.wait_passively(environment)
+    cores.choose_omp_waiting("passive", environment)
     assert environment == {"OMP_WAIT_POLICY": "PASSIVE"}
+    spinning = {}
+    cores.choose_omp_waiting("spin", spinning)
+    assert spinning == {}  # OpenMP's own default
     chosen = {"OMP_WAIT_POLICY": "ACTIVE"}
-    cores.wait_passively(chosen)
+    cores.choose_omp_waiting("passive", chosen)
     assert chosen == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_waiting_is_left_alone_once_torch_has_loaded_openmp():
+    environment = {}
+    cores.choose_omp_waiting("passive", environment)  # torch is imported by this module
+    assert environment == {}
 
 
 def test_the_training_entry_point_loads_torch_after_choosing_the_waiting():
@@ -84,6 +93,25 @@ def test_the_training_entry_point_loads_torch_after_choosing_the_waiting():
     probe = "import sys, cascade.train; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.stdout.split() == ["False"], result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("setting", "policy"), [("passive", "PASSIVE"), ("spin", None)])
+def test_the_training_entry_point_sets_the_configured_waiting(tmp_path, setting, policy):
+    """The run's `omp_waiting` reaches the environment before anything loads torch (which would
+    leave it unset); `stage=3` then stops the run at the config check."""
+    probe = (
+        "import atexit, os, runpy, sys\n"
+        "atexit.register(lambda: print('policy', os.environ.get('OMP_WAIT_POLICY')))\n"
+        "sys.argv[0] = 'cascade.train'\n"
+        "runpy.run_module('cascade.train', run_name='__main__')\n"
+    )
+    overrides = ["stage=3", f"omp_waiting={setting}", f"hydra.run.dir={tmp_path}"]
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *overrides], env=environment, capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"policy {policy}" in result.stdout.splitlines()
 
 
 def test_training_config_is_sized_in_place(monkeypatch):

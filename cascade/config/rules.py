@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from cascade.config.suggestions import did_you_mean
+from cascade.cores import OMP_WAITING
 from cascade.data.labels import CLASS_NAMES, SCHEMES
 
 # A rule says what is wrong with a value, or returns None.
@@ -125,6 +126,7 @@ def net_option(kind: str) -> Rule:
 RULES: dict[str, Rule] = {
     "stage": one_of(1, 2, "all"),
     "optimized_metric": metric_key,
+    "omp_waiting": one_of(*OMP_WAITING),
     "synthetic.cases": at_least(1),
     "synthetic.shape": sizes(3),
     "data.generator": optional(one_of("phantom", "realistic")),

@@ -196,6 +196,7 @@ class TrainConfig:
     stage1_checkpoint: str | None = MISSING
     seed: int = MISSING
     optimized_metric: str = MISSING
+    omp_waiting: str = MISSING  # passive or spin
     cache_dir: str = MISSING
     fit: FitConfig = field(default_factory=FitConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
