@@ -26,7 +26,7 @@ from cascade.data.labels import DEFAULT_SCHEME, LabelScheme, writing_scheme
 from cascade.data.preprocess import CaseMeta, Preprocessor, preprocess_case
 from cascade.data.transforms import uncrop
 from cascade.inference.multiview import predict_prior
-from cascade.inference.postprocess import keep_largest_tumor, suppress_small_enhancing
+from cascade.inference.postprocess import ClassMap, keep_largest_tumor, suppress_small_enhancing
 from cascade.inference.precision import autocast_dtype
 from cascade.inference.sliding import evaluated_region, sliding_window_predict
 
@@ -190,7 +190,7 @@ class CascadePredictor:
         model_affine = np.asarray(meta.model_affine)
         probabilities = _uncrop_probabilities(volume.probabilities.float().cpu(), meta)
         resampled = probabilities_onto_grid(probabilities, model_affine, meta.input_grid)
-        classes = self._postprocess(resampled.argmax(0).to(torch.uint8))
+        classes = self.postprocess(resampled.argmax(0).to(torch.uint8))
         stage1 = torch.from_numpy(volume.stage1_classes.astype(np.int64))
         one_hot = torch.nn.functional.one_hot(stage1, probabilities.shape[0]).movedim(-1, 0)
         stage1_one_hot = _uncrop_probabilities(one_hot.float(), meta)
@@ -198,7 +198,9 @@ class CascadePredictor:
         stage1_classes = stage1_resampled.argmax(0).to(torch.uint8)
         return classes.numpy(), stage1_classes.numpy()
 
-    def _postprocess(self, classes: Tensor) -> Tensor:
+    def postprocess(self, classes: ClassMap) -> ClassMap:
+        """The model's post-processing (largest component, enhancing threshold) of one (X, Y, Z)
+        class map, a tensor or an array; the cascade's output has it already."""
         if self.largest_tumor_component:
             classes = keep_largest_tumor(classes, self.scheme.regions["wt"])
         if self.min_enhancing_voxels:
@@ -237,7 +239,7 @@ class CascadePredictor:
         self._synchronize()
         stage2_done = time.perf_counter()
 
-        classes = self._postprocess(probabilities.argmax(0).to(torch.uint8))
+        classes = self.postprocess(probabilities.argmax(0).to(torch.uint8))
         return VolumePrediction(
             probabilities=probabilities,
             classes=classes.cpu().numpy(),

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 def evaluate_cases(
     predictor: CascadePredictor, cases: list[Case], overlay_dir: Path | None, overlay_cases: int
 ) -> list[dict[str, object]]:
-    """Per-case metrics of the cascade and, for comparison, of Stage 1 alone, with the
-    predicted and reference volume of every region (mL, from the label's voxel size)."""
+    """Per-case metrics of the cascade and, for comparison, of Stage 1 alone (after the same
+    post-processing, so that the two differ by Stage 2 only), with the predicted and reference
+    volume of every region (mL, from the label's voxel size)."""
     rows = []
     for index, case in enumerate(tqdm(cases, desc="evaluate", unit="case")):
         prediction = predictor.predict(case)
@@ -35,7 +36,8 @@ def evaluate_cases(
         spacing = truth_image.header.get_zooms()[:3]
         regions = case.scheme.regions
         cascade_metrics = case_metrics(prediction.classes, truth, spacing, regions)
-        stage1_metrics = case_metrics(prediction.stage1_classes, truth, spacing, regions)
+        stage1_classes = predictor.postprocess(prediction.stage1_classes)
+        stage1_metrics = case_metrics(stage1_classes, truth, spacing, regions)
         rows.append(
             {
                 "case_id": case.case_id,
