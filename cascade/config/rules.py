@@ -138,6 +138,8 @@ RULES: dict[str, Rule] = {
     "data.stage1.slab_depth": at_least(1),
     "data.stage1.slab_size": sizes(2),
     "data.stage1.tumor_fraction": probability,
+    "data.stage1.lookalike_fraction": probability,
+    "data.stage1.lookalike_margin": at_least(0),
     "data.stage1.train_slabs_per_epoch": at_least(1),
     "data.stage1.batch_size": at_least(1),
     "data.stage1.num_workers": at_least(0),

@@ -57,6 +57,9 @@ class Stage1DataConfig:
     views: list[str] = MISSING
     slab_size: list[int] = MISSING
     tumor_fraction: float = MISSING
+    lookalike_fraction: float = MISSING
+    lookalike_flair_z: float = MISSING
+    lookalike_margin: int = MISSING
     train_slabs_per_epoch: int = MISSING
     batch_size: int = MISSING
     num_workers: int = MISSING

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from cascade.sampling.lookalikes import LookAlikes
+
 # Voxel coordinates kept per location group and case: enough spread for centre draws at a fixed
 # memory cost (a BraTS tumor has 10^4-10^5 voxels).
 LOCATIONS_PER_GROUP = 4096
@@ -24,8 +26,9 @@ class CasePool:
 
     Each case keeps its own extent (`sizes`) and, for each group of label values in
     `location_groups`, up to LOCATIONS_PER_GROUP voxel coordinates of that group (for centres
-    on tumor), with their count. The channels are stored as float16, which holds images,
-    uint8 priors (steps of 1/255) and labels exactly enough (see `insert`).
+    on tumor), with their count; with `lookalikes`, one more group after those: healthy tissue
+    that looks like tumor (`lookalike_group`). The channels are stored as float16, which holds
+    images, uint8 priors (steps of 1/255) and labels exactly enough (see `insert`).
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class CasePool:
         location_groups: Sequence[Sequence[int]],
         device: torch.device | str,
         seed: int,
+        lookalikes: LookAlikes | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"CasePool: capacity must be at least 1, got {capacity}")
@@ -43,12 +47,14 @@ class CasePool:
         self.canvas = tuple(int(size) for size in canvas)
         self.channels = channels
         self.location_groups = [tuple(int(value) for value in group) for group in location_groups]
+        self.lookalikes = lookalikes
+        self.lookalike_group = len(self.location_groups) if lookalikes is not None else None
         self.device = torch.device(device)
         voxels = capacity * self.canvas[0] * self.canvas[1] * self.canvas[2]
         # the last row stays zero: crops read it outside a case
         self.voxels = torch.zeros((voxels + 1, channels), dtype=torch.float16, device=self.device)
         self.sizes = torch.zeros((capacity, 3), dtype=torch.long, device=self.device)
-        groups = len(self.location_groups)
+        groups = len(self.location_groups) + (lookalikes is not None)
         self.locations = torch.zeros(
             (capacity, groups, LOCATIONS_PER_GROUP, 3), dtype=torch.long, device=self.device
         )
@@ -92,11 +98,19 @@ class CasePool:
         self.sizes[slot] = torch.tensor(extent, device=self.device)
         label = label.to(self.device, non_blocking=True)
         for group_index, group in enumerate(self.location_groups):
-            found = torch.isin(label, torch.tensor(group, device=self.device)).nonzero()
-            count = min(found.shape[0], LOCATIONS_PER_GROUP)
-            if found.shape[0] > count:
-                keep = torch.randperm(found.shape[0], generator=self._generator, device=self.device)
-                found = found[keep[:count]]
-            self.locations[slot, group_index, :count] = found
-            self.location_counts[slot, group_index] = count
+            members = torch.tensor(group, device=self.device)
+            self._locate(slot, group_index, torch.isin(label, members))
+        if self.lookalikes is not None:
+            flair = stored[:x, :y, :z, self.lookalikes.channel].float()
+            self._locate(slot, self.lookalike_group, self.lookalikes.mask(flair, label))
         return slot
+
+    def _locate(self, slot: int, group_index: int, mask: Tensor) -> None:
+        """Keep up to LOCATIONS_PER_GROUP of mask's voxels, drawn evenly, and their count."""
+        found = mask.nonzero()
+        count = min(found.shape[0], LOCATIONS_PER_GROUP)
+        if found.shape[0] > count:
+            keep = torch.randperm(found.shape[0], generator=self._generator, device=self.device)
+            found = found[keep[:count]]
+        self.locations[slot, group_index, :count] = found
+        self.location_counts[slot, group_index] = count

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from cascade.sampling.lookalikes import LookAlikes
 from cascade.sampling.pool import CasePool
 
 Draws = Callable[[CasePool, int, torch.Generator | None], dict[str, Tensor]]
@@ -16,7 +17,7 @@ Draws = Callable[[CasePool, int, torch.Generator | None], dict[str, Tensor]]
 class PooledBatches:
     """A lazily built CasePool of `capacity` cases on `canvas`, fed by stream items, and the
     `draws` that cut a batch from it. `parts` names the case keys whose channels fill the pool,
-    in order (the label's key adds it as one channel)."""
+    in order (the label's key adds it as one channel); `lookalikes` as in CasePool."""
 
     def __init__(
         self,
@@ -27,6 +28,7 @@ class PooledBatches:
         location_groups: Sequence[Sequence[int]],
         draws: Draws,
         seed: int,
+        lookalikes: LookAlikes | None = None,
     ) -> None:
         self.capacity = capacity
         self.canvas = tuple(canvas)
@@ -35,13 +37,15 @@ class PooledBatches:
         self.location_groups = location_groups
         self.draws = draws
         self.seed = seed
+        self.lookalikes = lookalikes
         self.pool: CasePool | None = None
 
     def insert(self, cases: Sequence[dict[str, Tensor]], device: torch.device) -> None:
         if self.pool is None or self.pool.device != device:
             self.pool = CasePool(
-                self.capacity, self.canvas, self.channels, self.location_groups, device, self.seed
-            )
+                self.capacity, self.canvas, self.channels, self.location_groups, device, self.seed,
+                self.lookalikes,
+            )  # fmt: skip
         for case in cases:
             parts = [case[key] if key != "label" else case[key][None] for key in self.parts]
             self.pool.insert(parts, case["label"])

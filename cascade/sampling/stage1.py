@@ -15,6 +15,7 @@ from cascade.data.cases import MODALITIES
 from cascade.data.slabs import CaseStore, view_axis
 from cascade.ranks import distributed_rank_and_world, rank_share
 from cascade.sampling.intensity import SlabIntensity
+from cascade.sampling.lookalikes import LookAlikes
 from cascade.sampling.pooled import PooledBatches, largest_extent
 from cascade.sampling.slabs import TUMOR_GROUP, SlabDraws
 from cascade.sampling.stream import CaseReader, CaseStream, steps_per_epoch
@@ -49,7 +50,8 @@ class Stage1DataModule(L.LightningDataModule):
     """Tumor-biased 2.5D slabs from the case store for Stage 1, whole cases to validate.
 
     The training loader hands whole cases (CaseStream); on the device, on_after_batch_transfer
-    puts them into a pool of `pool_size` cases and cuts the batch from it: {"image": (B,
+    puts them into a pool of `pool_size` cases and cuts the batch from it (a share of the slabs
+    centred on FLAIR-bright healthy tissue with `lookalike_fraction`, see LookAlikes): {"image": (B,
     4 * slab_depth, H, W) float32, "label": (B, H, W) long}, (H, W) = slab_size, flipped and
     intensity-augmented there (SlabDraws, SlabIntensity). Validation batches: one whole case.
     Under DDP each process streams its own shard of the training cases, with its own draws,
@@ -65,6 +67,9 @@ class Stage1DataModule(L.LightningDataModule):
         views: Sequence[str],
         slab_size: Sequence[int],
         tumor_fraction: float,
+        lookalike_fraction: float,
+        lookalike_flair_z: float,
+        lookalike_margin: int,
         train_slabs_per_epoch: int,
         batch_size: int,
         num_workers: int,
@@ -92,7 +97,14 @@ class Stage1DataModule(L.LightningDataModule):
         self.pool_size = pool_size
         self.samples_per_case = samples_per_case
         self.seed = seed
-        self.draws = SlabDraws(slab_depth, views, slab_size, tumor_fraction, flip_probability)
+        self.draws = SlabDraws(
+            slab_depth, views, slab_size, tumor_fraction, flip_probability, lookalike_fraction
+        )
+        self.lookalikes = (
+            LookAlikes(MODALITIES.index("flair"), lookalike_flair_z, lookalike_margin)
+            if lookalike_fraction > 0
+            else None
+        )
         self.intensity = SlabIntensity(
             intensity_probability,
             log_gamma,
@@ -119,7 +131,7 @@ class Stage1DataModule(L.LightningDataModule):
             rank, _ = distributed_rank_and_world()
             self.pooled = PooledBatches(
                 capacity, canvas, ("image", "label"), len(MODALITIES) + 1, [TUMOR_GROUP],
-                self.draws, seed=self.seed * 1000 + rank,
+                self.draws, seed=self.seed * 1000 + rank, lookalikes=self.lookalikes,
             )  # fmt: skip
         stream = CaseStream(
             CaseReader(self.store),

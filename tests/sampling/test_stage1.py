@@ -156,6 +156,9 @@ def _module(store, **overrides) -> Stage1DataModule:
         views=["axial", "sagittal", "coronal"],
         slab_size=[16, 16],
         tumor_fraction=0.6,
+        lookalike_fraction=0.0,
+        lookalike_flair_z=2.0,
+        lookalike_margin=4,
         train_slabs_per_epoch=8,
         batch_size=4,
         num_workers=0,
@@ -176,6 +179,17 @@ def test_the_data_module_draws_a_gamma_per_sequence_when_asked() -> None:
     assert _module(FakeStore(["a", "b", "c", "d"])).intensity.gamma_groups == 1
     per_modality = _module(FakeStore(["a", "b", "c", "d"]), gamma_per_modality=True)
     assert per_modality.intensity.gamma_groups == 4
+
+
+def test_the_data_module_finds_lookalikes_on_flair_only_when_it_draws_them() -> None:
+    assert _module(FakeStore(["a", "b", "c", "d"])).lookalikes is None
+    module = _module(FakeStore(["a", "b", "c", "d"]), lookalike_fraction=0.3)
+    assert module.lookalikes is not None and module.lookalikes.channel == 3  # FLAIR
+    assert module.draws.lookalike_fraction == 0.3
+    steps = list(module.train_dataloader())
+    _attach(module)
+    module.on_after_batch_transfer(steps[0], 0)
+    assert module.pooled.pool.lookalike_group == 1
 
 
 def _attach(module) -> None:
