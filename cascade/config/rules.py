@@ -151,6 +151,8 @@ RULES: dict[str, Rule] = {
     "data.stage1.bias_field_coefficient": at_least(0),
     "data.stage2.patch_size": sizes(3),
     "data.stage2.label_probabilities": by_class_name,
+    "data.stage2.lookalike_fraction": probability,
+    "data.stage2.lookalike_margin": at_least(0),
     "data.stage2.patches_per_epoch": at_least(1),
     "data.stage2.batch_size": at_least(1),
     "data.stage2.num_workers": at_least(0),

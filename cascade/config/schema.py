@@ -88,6 +88,9 @@ class Stage2DataConfig:
     _target_: str = MISSING
     patch_size: list[int] = MISSING
     label_probabilities: dict[str, float] = MISSING
+    lookalike_fraction: float = MISSING
+    lookalike_flair_z: float = MISSING
+    lookalike_margin: int = MISSING
     patches_per_epoch: int = MISSING
     batch_size: int = MISSING
     num_workers: int = MISSING

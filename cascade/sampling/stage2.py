@@ -22,6 +22,7 @@ from cascade.data.cases import MODALITIES
 from cascade.data.patches import PRIOR_STEPS, check_case_arrays
 from cascade.ranks import rank_share
 from cascade.sampling.batch_augmentation import BatchAugmentation
+from cascade.sampling.lookalikes import LookAlikes
 from cascade.sampling.patches import PatchDraws
 from cascade.sampling.pooled import PooledBatches, largest_extent
 from cascade.sampling.prior_perturbation import PriorPerturbation
@@ -72,12 +73,13 @@ class Stage2DataModule(L.LightningDataModule):
     """Label-biased training patches cut from a case pool, and whole validation volumes.
 
     label_probabilities: class -> relative chance that a patch is centred on that class
-    (a mapping, or a list indexed by class). patches_per_epoch: training patches per epoch over
-    all ranks. The loader hands whole cases (image float16, prior uint8 as cached);
-    on_after_batch_transfer puts them into a pool of `pool_size` cases on the device, cuts the
-    batch (PatchDraws: flips along `flip_axes` in the same gather), perturbs the priors
-    (`perturbation`, None: off) and scales/shifts the image intensity. One validation case per
-    batch.
+    (a mapping, or a list indexed by class); `lookalike_fraction` of the patches are centred on
+    healthy tissue that looks like tumor instead (see LookAlikes). patches_per_epoch: training
+    patches per epoch over all ranks. The loader hands whole cases (image float16, prior uint8
+    as cached); on_after_batch_transfer puts them into a pool of `pool_size` cases on the
+    device, cuts the batch (PatchDraws: flips along `flip_axes` in the same gather), perturbs
+    the priors (`perturbation`, None: off) and scales/shifts the image intensity. One validation
+    case per batch.
     """
 
     def __init__(
@@ -88,6 +90,9 @@ class Stage2DataModule(L.LightningDataModule):
         prior_tag: str,
         patch_size: Sequence[int],
         label_probabilities: Mapping[int, float] | Sequence[float],
+        lookalike_fraction: float,
+        lookalike_flair_z: float,
+        lookalike_margin: int,
         patches_per_epoch: int,
         batch_size: int,
         num_workers: int,
@@ -113,6 +118,12 @@ class Stage2DataModule(L.LightningDataModule):
             label_probabilities = dict(enumerate(label_probabilities))
         # YAML mapping keys may arrive as strings
         self.label_probabilities = {int(k): float(v) for k, v in label_probabilities.items()}
+        self.lookalike_fraction = lookalike_fraction
+        self.lookalikes = (
+            LookAlikes(MODALITIES.index("flair"), lookalike_flair_z, lookalike_margin)
+            if lookalike_fraction > 0
+            else None
+        )
         self.patches_per_epoch = patches_per_epoch
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -149,6 +160,7 @@ class Stage2DataModule(L.LightningDataModule):
             num_classes,
             self.flip_axes,
             prior_scale=PRIOR_STEPS if stored_as_steps else 1.0,
+            lookalike_fraction=self.lookalike_fraction,
         )
         _, rank = self._world()
         return PooledBatches(
@@ -159,6 +171,7 @@ class Stage2DataModule(L.LightningDataModule):
             PatchDraws.location_groups(num_classes),
             draws,
             seed=self.seed * 1000 + rank,
+            lookalikes=self.lookalikes,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,5 +1,5 @@
 """Healthy tissue that looks like tumor (LookAlikes): its voxels, their place in the pool, and
-slabs centred on them."""
+Stage-1 slabs and Stage-2 patches centred on them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from scipy import ndimage
 
 from cascade.sampling.lookalikes import LookAlikes, dilate
+from cascade.sampling.patches import PatchDraws
 from cascade.sampling.pool import CasePool
 from cascade.sampling.slabs import TUMOR_GROUP, SlabDraws
 
@@ -84,3 +85,27 @@ def test_lookalike_shares_that_cannot_be_drawn_are_refused() -> None:
     plain.insert([image, label[None]], label)
     with pytest.raises(ValueError, match="built with lookalikes"):
         SlabDraws(1, ["axial"], (8, 8), 0.5, 0.5, lookalike_fraction=0.2)(plain, 4, None)
+
+
+def test_lookalike_patches_are_centred_on_lookalikes_and_leave_other_draws_alone() -> None:
+    image, label = _case()
+    prior = torch.zeros((4, *SHAPE))
+    prior[0] = 1.0
+    pool = CasePool(1, SHAPE, 9, PatchDraws.location_groups(4), "cpu", seed=0, lookalikes=RULE)
+    pool.insert([image, prior, label[None]], label)
+    on_tumor = {0: 0.0, 1: 0.0, 2: 1.0, 3: 0.0}
+
+    def draws(fraction: float) -> dict[str, torch.Tensor]:
+        patches = PatchDraws((3, 3, 3), on_tumor, 4, (), 1.0, lookalike_fraction=fraction)
+        return patches(pool, 32, torch.Generator().manual_seed(0))
+
+    looked = draws(1.0)
+    assert torch.all(looked["image"][:, FLAIR].flatten(1).amax(1) == 5.0)  # BRIGHT in each
+    assert not looked["label"].any()
+    plain = draws(0.0)
+    assert plain["label"].flatten(1).any(1).all()  # every patch on the tumor, as asked
+    half = draws(0.5)
+    moved = half["image"][:, FLAIR].flatten(1).amax(1) == 5.0
+    # the patches not moved are the plain draw's own: the look-alike draws come after
+    assert torch.equal(half["image"][~moved], plain["image"][~moved])
+    assert 0 < int(moved.sum()) < 32

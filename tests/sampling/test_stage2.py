@@ -70,6 +70,9 @@ def make_datamodule(store: MemoryStore, **overrides) -> Stage2DataModule:
         prior_tag="tag1",
         patch_size=PATCH,
         label_probabilities={0: 0.5, 1: 0.5 / 3, 2: 0.5 / 3, 3: 0.5 / 3},
+        lookalike_fraction=0.0,
+        lookalike_flair_z=2.0,
+        lookalike_margin=4,
         patches_per_epoch=8,
         batch_size=2,
         num_workers=0,
@@ -125,6 +128,17 @@ def test_an_epoch_streams_whole_cases_and_the_hook_cuts_full_batches() -> None:
         assert inside.all()
         sums = batch["prior"].sum(1)
         torch.testing.assert_close(sums, torch.ones(4, *PATCH), atol=5e-3, rtol=0)
+
+
+def test_lookalike_patches_find_lookalikes_on_flair_only_when_asked() -> None:
+    assert make_datamodule(MemoryStore(3)).lookalikes is None
+    datamodule = make_datamodule(MemoryStore(3), lookalike_fraction=0.5, perturbation=None)
+    assert datamodule.lookalikes is not None and datamodule.lookalikes.channel == 3  # FLAIR
+    attach(datamodule)
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
+    assert_patch_batch(batch, 2)
+    assert datamodule.pooled.draws.lookalike_fraction == 0.5
+    assert datamodule.pooled.pool.lookalike_group == 3  # after the 3 tumor classes
 
 
 def test_a_case_smaller_than_the_patch_is_padded_not_refused() -> None:
