@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cascade.boxes import bounding_box, box_slices
+from cascade.data.cases import MODALITIES
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,14 @@ class LookAlikes:
             region = box_slices(box)
             near_tumor[region] = dilate(tumor[region], self.margin)
         return (flair > self.threshold) & ~near_tumor
+
+
+def flair_lookalikes(fraction: float, threshold: float, margin: int) -> LookAlikes | None:
+    """The look-alikes of a pool whose first channels are the MODALITIES, when a share
+    `fraction` of the draws is centred on them; None otherwise (nothing to find)."""
+    if fraction <= 0:
+        return None
+    return LookAlikes(MODALITIES.index("flair"), threshold, margin)
 
 
 def dilate(mask: Tensor, radius: int) -> Tensor:

@@ -15,7 +15,7 @@ from cascade.data.cases import MODALITIES
 from cascade.data.slabs import CaseStore, view_axis
 from cascade.ranks import distributed_rank_and_world, rank_share
 from cascade.sampling.intensity import SlabIntensity
-from cascade.sampling.lookalikes import LookAlikes
+from cascade.sampling.lookalikes import flair_lookalikes
 from cascade.sampling.pooled import PooledBatches, largest_extent
 from cascade.sampling.slabs import TUMOR_GROUP, SlabDraws
 from cascade.sampling.stream import CaseReader, CaseStream, steps_per_epoch
@@ -100,11 +100,7 @@ class Stage1DataModule(L.LightningDataModule):
         self.draws = SlabDraws(
             slab_depth, views, slab_size, tumor_fraction, flip_probability, lookalike_fraction
         )
-        self.lookalikes = (
-            LookAlikes(MODALITIES.index("flair"), lookalike_flair_z, lookalike_margin)
-            if lookalike_fraction > 0
-            else None
-        )
+        self.lookalikes = flair_lookalikes(lookalike_fraction, lookalike_flair_z, lookalike_margin)
         self.intensity = SlabIntensity(
             intensity_probability,
             log_gamma,

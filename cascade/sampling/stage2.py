@@ -22,7 +22,7 @@ from cascade.data.cases import MODALITIES
 from cascade.data.patches import PRIOR_STEPS, check_case_arrays
 from cascade.ranks import rank_share
 from cascade.sampling.batch_augmentation import BatchAugmentation
-from cascade.sampling.lookalikes import LookAlikes
+from cascade.sampling.lookalikes import flair_lookalikes
 from cascade.sampling.patches import PatchDraws
 from cascade.sampling.pooled import PooledBatches, largest_extent
 from cascade.sampling.prior_perturbation import PriorPerturbation
@@ -119,11 +119,7 @@ class Stage2DataModule(L.LightningDataModule):
         # YAML mapping keys may arrive as strings
         self.label_probabilities = {int(k): float(v) for k, v in label_probabilities.items()}
         self.lookalike_fraction = lookalike_fraction
-        self.lookalikes = (
-            LookAlikes(MODALITIES.index("flair"), lookalike_flair_z, lookalike_margin)
-            if lookalike_fraction > 0
-            else None
-        )
+        self.lookalikes = flair_lookalikes(lookalike_fraction, lookalike_flair_z, lookalike_margin)
         self.patches_per_epoch = patches_per_epoch
         self.batch_size = batch_size
         self.num_workers = num_workers
