@@ -205,6 +205,13 @@ def test_a_patch_larger_than_the_synthetic_canvas_fails() -> None:
     )
 
 
+def test_tumor_and_lookalike_slabs_may_not_share_more_than_all_slabs() -> None:
+    assert config_error("+experiment=demo", "data.stage1.lookalike_fraction=0.6") == (
+        "data.stage1.tumor_fraction=0.5 and lookalike_fraction=0.6 share more than all the slabs"
+    )
+    assert config_error("+experiment=demo", "data.stage1.lookalike_fraction=0.5") is None
+
+
 def test_a_mistyped_interpolation_is_named(tmp_path) -> None:
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "slabs.yaml").write_text(

@@ -208,6 +208,12 @@ def agreement_problem(cfg: DictConfig) -> str | None:
             f"preprocessing.lower_percentile={lower} must be below "
             f"preprocessing.upper_percentile={upper}"
         )
+    stage1 = cfg.data.stage1
+    if stage1.tumor_fraction + stage1.lookalike_fraction > 1:
+        return (
+            f"data.stage1.tumor_fraction={stage1.tumor_fraction} and "
+            f"lookalike_fraction={stage1.lookalike_fraction} share more than all the slabs"
+        )
     if not cfg.data.generate:
         return None
     if cfg.data.generator is None:
