@@ -1,4 +1,5 @@
-"""``cascade.ckpt``: both stages, the residual mix and everything needed to predict new cases.
+"""``cascade.ckpt``: both stages, the residual mix and everything needed to predict new cases; an
+ensemble's file holds those modules once per member, all built from the same network settings.
 
 The file holds only tensors and plain containers, so it is read with
 ``torch.load(weights_only=True)`` (no arbitrary unpickling), and networks are rebuilt only
@@ -20,17 +21,21 @@ from cascade.data.labels import SCHEMES, LabelScheme, get_scheme
 from cascade.inference.settings import InferenceSettings, SettingsError
 from cascade.io import atomic_path
 from cascade.nn.attention_unet3d import AttentionUNet3d
+from cascade.nn.members import CascadeNets
 from cascade.nn.residual_mix import LearnableResidualMix
 from cascade.nn.unet2d import UNet2d
 
 FORMAT = "cascade-checkpoint"
-VERSION = 1
+# 2: the weights are a list of members; 1 (still read): the weights of one cascade
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 # The only classes a checkpoint may name, by their config target.
 NETWORK_CLASSES: dict[str, type[nn.Module]] = {
     f"{cls.__module__}.{cls.__qualname__}": cls
     for cls in (UNet2d, AttentionUNet3d, LearnableResidualMix)
 }
 _PLAIN_TYPES = (type(None), bool, int, float, str)
+_MODULES = ("stage1", "stage2", "mix")
 
 
 class CheckpointError(ValueError):
@@ -39,11 +44,10 @@ class CheckpointError(ValueError):
 
 @dataclass
 class CascadeModel:
-    """The trained cascade as plain modules plus the settings inference needs."""
+    """The trained cascade (one member, or an ensemble's several) as plain modules plus the
+    settings inference needs."""
 
-    stage1: nn.Module
-    stage2: nn.Module
-    mix: nn.Module
+    members: list[CascadeNets]
     settings: InferenceSettings
 
     @property
@@ -60,11 +64,10 @@ def save_checkpoint(path: Path, model: CascadeModel, network_configs: dict[str, 
         "modalities": list(MODALITIES),
         "networks": network_configs,
         "settings": model.settings.to_stored(),
-        "state_dicts": {
-            "stage1": model.stage1.state_dict(),
-            "stage2": model.stage2.state_dict(),
-            "mix": model.mix.state_dict(),
-        },
+        "members": [
+            {name: getattr(member, name).state_dict() for name in _MODULES}
+            for member in model.members
+        ],
     }
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)
@@ -117,9 +120,10 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path}: not a cascade checkpoint (train one with python -m cascade.train)"
         )
-    if payload.get("version") != VERSION:
+    if payload.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path}: checkpoint version {payload.get('version')}, expected {VERSION}"
+            f"{path}: checkpoint version {payload.get('version')}, expected one of "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     if tuple(payload["modalities"]) != MODALITIES:
         raise CheckpointError(
@@ -131,12 +135,27 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: {error}") from None
     if settings.labels not in SCHEMES:
         raise CheckpointError(f"{path}: unknown label scheme {settings.labels!r} in the settings")
+    stored = [payload.get("state_dicts")] if payload["version"] == 1 else payload.get("members")
+    if not isinstance(stored, list) or not stored or not all(isinstance(s, dict) for s in stored):
+        raise CheckpointError(f"{path}: the checkpoint holds no trained cascade")
+    members = [_member(state_dicts, payload["networks"], path) for state_dicts in stored]
+    return CascadeModel(members, settings=settings)
+
+
+def _member(state_dicts: dict, networks: dict, path: Path) -> CascadeNets:
+    """One member's three modules, built from the shared settings and given its weights."""
     modules = {}
-    for name in ("stage1", "stage2", "mix"):
-        module = _build(name, payload["networks"][name], path)
-        module.load_state_dict(payload["state_dicts"][name])
+    for name in _MODULES:
+        module = _build(name, networks[name], path)
+        try:
+            module.load_state_dict(state_dicts[name])
+        except (KeyError, RuntimeError) as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{path}: the {name} weights do not fit its network ({first_line})"
+            ) from None
         modules[name] = module.eval()
-    return CascadeModel(**modules, settings=settings)
+    return CascadeNets(**modules)
 
 
 def build_predictor(
@@ -157,9 +176,7 @@ def build_predictor(
 
     settings = model.settings
     return CascadePredictor(
-        stage1_net=model.stage1,
-        stage2_net=model.stage2,
-        mix=model.mix,
+        members=model.members,
         preprocessing=Preprocessor.from_settings(settings.preprocessing),
         slab_depth=settings.slab_depth,
         views=settings.views,

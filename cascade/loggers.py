@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import netrc
 import os
+from collections.abc import Iterator
 
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
@@ -28,3 +30,20 @@ def build_logger(logger_cfg: DictConfig | None) -> Logger | None:
     if logger_cfg["_target_"].endswith("WandbLogger") and logger_cfg.get("offline") is None:
         logger_cfg["offline"] = not wandb_logged_in()
     return instantiate(logger_cfg)
+
+
+@contextlib.contextmanager
+def metric_prefix(logger: Logger | None, prefix: str) -> Iterator[None]:
+    """Metrics logged inside the block carry `prefix` (joined by the logger's own character),
+    so that the members of an ensemble draw separate curves in one run. Lightning's W&B and CSV
+    loggers keep the `prefix` their constructor takes in ``_prefix``; a logger without one logs
+    unprefixed."""
+    if logger is None or not hasattr(logger, "_prefix") or not prefix:
+        yield
+        return
+    before = logger._prefix
+    logger._prefix = prefix
+    try:
+        yield
+    finally:
+        logger._prefix = before

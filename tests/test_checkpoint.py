@@ -10,8 +10,10 @@ from cascade.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from cascade.data.cases import MODALITIES
 from cascade.inference.settings import InferenceSettings
 from cascade.nn.attention_unet3d import AttentionUNet3d
+from cascade.nn.members import CascadeNets
 from cascade.nn.residual_mix import LearnableResidualMix
 from cascade.nn.unet2d import UNet2d
 
@@ -60,19 +62,70 @@ def _model() -> CascadeModel:
     stage1 = UNet2d(**kwargs)
     kwargs = {k: v for k, v in NETWORKS["stage2"].items() if k != "_target_"}
     stage2 = AttentionUNet3d(**kwargs)
-    return CascadeModel(stage1, stage2, LearnableResidualMix(0.3), settings=SETTINGS)
+    return CascadeModel([CascadeNets(stage1, stage2, LearnableResidualMix(0.3))], SETTINGS)
 
 
 def test_round_trip_restores_weights_and_settings(tmp_path: Path) -> None:
     model = _model()
     save_checkpoint(tmp_path / "cascade.ckpt", model, NETWORKS)
     loaded = load_checkpoint(tmp_path / "cascade.ckpt")
+    assert len(loaded.members) == 1
     for name in ("stage1", "stage2", "mix"):
-        original, restored = getattr(model, name).state_dict(), getattr(loaded, name).state_dict()
+        original = getattr(model.members[0], name).state_dict()
+        restored = getattr(loaded.members[0], name).state_dict()
         assert original.keys() == restored.keys()
         assert all(torch.equal(original[key], restored[key]) for key in original)
     assert loaded.settings == SETTINGS
-    assert float(loaded.mix.alpha.detach()) == pytest.approx(0.3, abs=1e-6)
+    assert float(loaded.members[0].mix.alpha.detach()) == pytest.approx(0.3, abs=1e-6)
+
+
+def test_an_ensemble_keeps_each_members_own_weights(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    first, second = _model(), _model()
+    second.members[0].mix = LearnableResidualMix(0.7)
+    ensemble = CascadeModel(first.members + second.members, SETTINGS)
+    save_checkpoint(tmp_path / "cascade.ckpt", ensemble, NETWORKS)
+    loaded = load_checkpoint(tmp_path / "cascade.ckpt")
+    assert len(loaded.members) == 2
+    for original, restored in zip(ensemble.members, loaded.members, strict=True):
+        for name in ("stage1", "stage2", "mix"):
+            stored = getattr(restored, name).state_dict()
+            assert all(
+                torch.equal(v, stored[k]) for k, v in getattr(original, name).state_dict().items()
+            )
+    alphas = [float(member.mix.alpha.detach()) for member in loaded.members]
+    assert alphas == pytest.approx([0.3, 0.7], abs=1e-6)
+    assert len(build_predictor(loaded, "cpu").members) == 2
+
+
+def test_a_one_cascade_file_of_the_first_version_is_still_read(tmp_path: Path) -> None:
+    model = _model()
+    nets = model.members[0]
+    torch.save(
+        {
+            "format": "cascade-checkpoint",
+            "version": 1,
+            "modalities": list(MODALITIES),
+            "networks": NETWORKS,
+            "settings": SETTINGS.to_stored(),
+            "state_dicts": {name: getattr(nets, name).state_dict() for name in NETWORKS},
+        },
+        tmp_path / "old.ckpt",
+    )
+    loaded = load_checkpoint(tmp_path / "old.ckpt")
+    assert len(loaded.members) == 1
+    first = next(iter(nets.stage2.state_dict()))
+    assert torch.equal(
+        loaded.members[0].stage2.state_dict()[first], nets.stage2.state_dict()[first]
+    )
+
+
+def test_weights_that_do_not_fit_the_networks_are_named(tmp_path: Path) -> None:
+    model = _model()
+    smaller = {**NETWORKS, "stage2": {**NETWORKS["stage2"], "filters": 2}}
+    save_checkpoint(tmp_path / "cascade.ckpt", model, smaller)
+    with pytest.raises(CheckpointError, match=r"cascade.ckpt: the stage2 weights do not fit"):
+        load_checkpoint(tmp_path / "cascade.ckpt")
 
 
 def test_foreign_file_is_refused_with_its_name(tmp_path: Path) -> None:

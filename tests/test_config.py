@@ -331,3 +331,12 @@ def test_the_entry_point_stops_before_any_data_with_one_line(
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.splitlines() == [f"config error: {message}"]
     assert not (tmp_path / "cache").exists()
+
+
+def test_an_ensemble_needs_its_own_stage1_per_member() -> None:
+    assert config_error("ensemble_members=0") == "ensemble_members=0 must be at least 1"
+    assert config_error("ensemble_members=2", "stage1_checkpoint=s1.pt") == (
+        "stage1_checkpoint gives one Stage 1, ensemble_members=2 asks for one per member: "
+        "leave one of them out"
+    )
+    assert config_error("ensemble_members=2") is None

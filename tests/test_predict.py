@@ -12,6 +12,7 @@ from cascade.inference import cascade as cascade_inference
 from cascade.inference.precision import cpu_computes_bf16
 from cascade.inference.settings import InferenceSettings
 from cascade.nn.attention_unet3d import AttentionUNet3d
+from cascade.nn.members import CascadeNets
 from cascade.nn.residual_mix import LearnableResidualMix
 from cascade.nn.unet2d import UNet2d
 from cascade.predict import main as predict
@@ -49,7 +50,8 @@ def write_checkpoint(path: Path, settings: dict) -> Path:
     save_checkpoint(
         path,
         CascadeModel(
-            stage1, stage2, LearnableResidualMix(0.5), InferenceSettings.from_stored(settings)
+            [CascadeNets(stage1, stage2, LearnableResidualMix(0.5))],
+            InferenceSettings.from_stored(settings),
         ),
         networks,
     )
@@ -190,7 +192,7 @@ def _fixed_network_output(monkeypatch) -> None:
     """The nets 'predict' a tumor (edema around 8 enhancing voxels) and a stray edema blob far
     from it, on whatever preprocessed grid the case has; Stage 2 leaves the prior as it is."""
 
-    def prior(self, image: torch.Tensor) -> torch.Tensor:
+    def prior(self, member, image: torch.Tensor) -> torch.Tensor:
         classes = torch.zeros(image.shape[1:], dtype=torch.long)
         classes[2:10, 2:10, 2:8] = 2
         classes[5:7, 5:7, 4:6] = 3
@@ -199,7 +201,7 @@ def _fixed_network_output(monkeypatch) -> None:
 
     monkeypatch.setattr(cascade_inference.CascadePredictor, "_stage1_prior", prior)
     monkeypatch.setattr(
-        cascade_inference.CascadePredictor, "_stage2", lambda self, image, prior, box: prior
+        cascade_inference.CascadePredictor, "_stage2", lambda self, member, image, prior, box: prior
     )
 
 

@@ -97,7 +97,8 @@ def test_smoke_run_writes_every_output(smoke_run) -> None:
     assert (run / "alpha.png").stat().st_size > 0
     model = load_checkpoint(run / "cascade.ckpt")
     assert model.settings.patch_size == (16, 16, 16)
-    assert abs(float(model.mix.alpha.detach()) - metrics["alpha"]) < 1e-6
+    assert len(model.members) == 1
+    assert abs(float(model.members[0].mix.alpha.detach()) - metrics["alpha"]) < 1e-6
 
 
 def test_a_run_without_a_terminal_says_everything_once(smoke_run) -> None:
@@ -270,6 +271,39 @@ def test_speed_and_logging_settings_retrain_nothing(smoke_run, tmp_path) -> None
     assert reused["preprocessing"] == (0, "4 of 4 already cached")
     assert reused["priors"] == (0, "4 of 4 already written")
     assert reused["stage1_fit"] == reused["stage2_fit"] == (0, "reused")
+
+
+def test_an_ensemble_reuses_the_run_as_its_first_member_and_fits_the_second(
+    smoke_run, tmp_path
+) -> None:
+    cache, single = smoke_run
+    run = tmp_path / "run"
+    result = train(*TINY, f"cache_dir={cache}", f"hydra.run.dir={run}", "ensemble_members=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    phases = json.loads((run / "timings.json").read_text())["phases"]
+    fits = [(p["name"], p["count"], p["detail"]) for p in phases if p["name"].endswith("_fit")]
+    assert fits == [
+        ("stage1_fit", 0, "member 1 of 2: reused"),
+        ("stage2_fit", 0, "member 1 of 2: reused"),
+        ("stage1_fit", 16, "member 2 of 2"),
+        ("stage2_fit", 12, "member 2 of 2"),
+    ]
+    ensemble, alone = (
+        load_checkpoint(run / "cascade.ckpt"),
+        load_checkpoint(single / "cascade.ckpt"),
+    )
+    assert len(ensemble.members) == 2
+    first, second = (member.stage1.state_dict() for member in ensemble.members)
+    reused = alone.members[0].stage1.state_dict()
+    assert all(torch.equal(first[key], reused[key]) for key in first)
+    assert not all(torch.equal(first[key], second[key]) for key in first)
+    alphas = [float(member.mix.alpha.detach()) for member in ensemble.members]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["alpha"] == pytest.approx(sum(alphas) / 2, abs=1e-6)
+    # the second member's curves are logged apart from the first's
+    logged = next(run.glob("logs/*/metrics.csv")).read_text().splitlines()[0].split(",")
+    assert any(key.startswith("member1-stage1/") for key in logged)
+    assert any(key.startswith("member1-stage2/alpha") for key in logged)
 
 
 def test_stage1_checkpoint_takes_a_lightning_checkpoint_of_stage1(smoke_run, tmp_path) -> None:

@@ -127,6 +127,7 @@ RULES: dict[str, Rule] = {
     "stage": one_of(1, 2, "all"),
     "optimized_metric": metric_key,
     "omp_waiting": one_of(*OMP_WAITING),
+    "ensemble_members": at_least(1),
     "synthetic.cases": at_least(1),
     "synthetic.shape": sizes(3),
     "data.generator": optional(one_of("phantom", "realistic")),
@@ -213,6 +214,11 @@ def agreement_problem(cfg: DictConfig) -> str | None:
         return (
             f"data.stage1.tumor_fraction={stage1.tumor_fraction} and "
             f"lookalike_fraction={stage1.lookalike_fraction} share more than all the slabs"
+        )
+    if cfg.stage1_checkpoint and cfg.ensemble_members > 1:
+        return (
+            f"stage1_checkpoint gives one Stage 1, ensemble_members={cfg.ensemble_members} "
+            "asks for one per member: leave one of them out"
         )
     if not cfg.data.generate:
         return None

@@ -201,6 +201,7 @@ class TrainConfig:
     stage: Any = MISSING  # 1, 2 or all
     stage1_checkpoint: str | None = MISSING
     seed: int = MISSING
+    ensemble_members: int = MISSING
     optimized_metric: str = MISSING
     omp_waiting: str = MISSING  # passive or spin
     cache_dir: str = MISSING

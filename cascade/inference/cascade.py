@@ -3,7 +3,9 @@
 Stage 2 runs only on windows that cover the dilated bounding box of the Stage-1 tumor (classes
 1..3); elsewhere the Stage-1 probabilities stand, and a case without Stage-1 tumor skips Stage 2.
 Each window's Stage-2 softmax (averaged over 8 mirrorings with `tta`) is mixed with that window's
-prior by the learned residual mix before the windows are blended.
+prior by the learned residual mix before the windows are blended. An ensemble runs each member's
+cascade in turn (each Stage 2 on its own Stage 1's prior and tumor box) and averages their
+probabilities before the argmax and the post-processing.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torchio as tio
-from torch import Tensor, nn
+from torch import Tensor
 
 from cascade.boxes import Box, bounding_box
 from cascade.data.cases import MODALITIES, Case
@@ -29,6 +31,7 @@ from cascade.inference.multiview import predict_prior
 from cascade.inference.postprocess import ClassMap, keep_largest_tumor, suppress_small_enhancing
 from cascade.inference.precision import autocast_dtype
 from cascade.inference.sliding import evaluated_region, sliding_window_predict
+from cascade.nn.members import CascadeNets
 
 # Every subset of the three spatial axes of a (B, C, X, Y, Z) batch: the 8 mirrorings.
 MIRROR_AXES: tuple[tuple[int, ...], ...] = tuple(
@@ -64,8 +67,10 @@ class VolumePrediction:
 
     probabilities: Tensor  # float32 (classes, x, y, z) on the predictor's device: mixed output
     classes: np.ndarray  # uint8 (x, y, z) classes, post-processed
-    stage1_classes: np.ndarray  # uint8 (x, y, z) argmax of the Stage-1 prior
-    stage2_box: Box | None  # where Stage 2 ran ((x0, x1), (y0, y1), (z0, z1)); None: skipped
+    stage1_classes: np.ndarray  # uint8 (x, y, z) argmax of the Stage-1 prior (members' mean)
+    # where Stage 2 ran ((x0, x1), (y0, y1), (z0, z1)), the box around all members' boxes;
+    # None: skipped
+    stage2_box: Box | None
     timings: dict[str, float]  # seconds: "stage1", "stage2"
 
 
@@ -86,8 +91,19 @@ def tumor_box(classes: Tensor, margin: int) -> Box | None:
     return bounding_box(classes != 0, margin)
 
 
+def enclosing_box(boxes: Sequence[Box]) -> Box | None:
+    """The smallest box that holds every box of `boxes`; None when there are none."""
+    if not boxes:
+        return None
+    return tuple(  # type: ignore[return-value]
+        (min(box[axis][0] for box in boxes), max(box[axis][1] for box in boxes))
+        for axis in range(len(boxes[0]))
+    )
+
+
 class CascadePredictor:
-    """Segments cases with a trained Stage-1 net, Stage-2 net and residual mix.
+    """Segments cases with one or more trained cascades (`members`: Stage-1 net, Stage-2 net and
+    residual mix each), averaging the members' probabilities.
 
     The nets are moved to `device` and put in eval mode. `fp16` autocasts to float16 on CUDA;
     `cpu_bf16` to bfloat16 on a CPU that computes it natively (the fast CPU path; False: fp32).
@@ -99,9 +115,7 @@ class CascadePredictor:
 
     def __init__(
         self,
-        stage1_net: nn.Module,
-        stage2_net: nn.Module,
-        mix: nn.Module,
+        members: Sequence[CascadeNets],
         preprocessing: Preprocessor | tio.Transform,
         slab_depth: int,
         views: Sequence[str],
@@ -125,14 +139,10 @@ class CascadePredictor:
             raise ValueError(f"patch_size must have 3 values, got {patch_size}")
         if roi_margin < 0:
             raise ValueError(f"roi_margin must be >= 0, got {roi_margin}")
+        if not members:
+            raise ValueError("a cascade predictor needs at least one member")
         self.device = torch.device(device)
-        self.stage1_net = stage1_net.to(self.device).eval()
-        self.stage2_net = stage2_net.to(self.device).eval()
-        # The net's own forward, not its __call__: a net compiled in place for training
-        # (model.compile) would compile again for inference, 100 s for the first case on a CPU
-        # and a minute on a GPU, where compiled prediction is no faster (experiments/bench).
-        self._stage2_forward = self.stage2_net.forward
-        self.mix = mix.to(self.device).eval()
+        self.members = tuple(member.to(self.device) for member in members)
         if not isinstance(preprocessing, Preprocessor):
             preprocessing = Preprocessor(preprocessing)
         self.preprocessing = preprocessing
@@ -220,38 +230,66 @@ class CascadePredictor:
             raise ValueError(f"image must be (4, x, y, z), got shape {tuple(image.shape)}")
         image = image.to(self.device, torch.float32)
 
-        start = time.perf_counter()
-        prior = self._stage1_prior(image)
-        stage1_classes = prior.argmax(0)
-        self._synchronize()
-        stage1_done = time.perf_counter()
-
-        if not roi_only:
-            box: Box | None = tuple((0, size) for size in image.shape[1:])  # type: ignore[assignment]
-        elif roi is not None:
-            box = roi
-        else:
-            box = tumor_box(stage1_classes, self.roi_margin)
-        probabilities = prior
-        if box is not None:
-            box = evaluated_region(image.shape[1:], self.patch_size, box)
-            probabilities = self._stage2(image, prior, box)
-        self._synchronize()
-        stage2_done = time.perf_counter()
+        stage1_seconds = stage2_seconds = 0.0
+        prior_sum = probability_sum = None
+        boxes: list[Box] = []
+        for member in self.members:
+            start = time.perf_counter()
+            prior = self._stage1_prior(member, image)
+            self._synchronize()
+            stage1_done = time.perf_counter()
+            probabilities, box = self._member_output(member, image, prior, roi_only, roi)
+            self._synchronize()
+            stage1_seconds += stage1_done - start
+            stage2_seconds += time.perf_counter() - stage1_done
+            if box is not None:
+                boxes.append(box)
+            # Sums in place: one member's volumes at a time, whatever the ensemble's size. A
+            # member without Stage 2 returns its prior itself: the prior sum starts as a copy.
+            if prior_sum is None:
+                prior_sum = prior.clone() if len(self.members) > 1 else prior
+            else:
+                prior_sum.add_(prior)
+            probability_sum = (
+                probabilities if probability_sum is None else probability_sum.add_(probabilities)
+            )
+        probabilities = probability_sum.div_(len(self.members))
+        stage1_classes = prior_sum.argmax(0)
 
         classes = self.postprocess(probabilities.argmax(0).to(torch.uint8))
         return VolumePrediction(
             probabilities=probabilities,
             classes=classes.cpu().numpy(),
             stage1_classes=stage1_classes.to(torch.uint8).cpu().numpy(),
-            stage2_box=box,
-            timings={"stage1": stage1_done - start, "stage2": stage2_done - stage1_done},
+            stage2_box=enclosing_box(boxes),
+            timings={"stage1": stage1_seconds, "stage2": stage2_seconds},
         )
 
-    def _stage1_prior(self, image: Tensor) -> Tensor:
-        """Stage-1 probabilities (classes, x, y, z) over the views, optionally mirror-averaged."""
+    def _member_output(
+        self,
+        member: CascadeNets,
+        image: Tensor,
+        prior: Tensor,
+        roi_only: bool,
+        roi: Box | None,
+    ) -> tuple[Tensor, Box | None]:
+        """One member's mixed probabilities, and the box its Stage 2 ran on (None: skipped)."""
+        if not roi_only:
+            box: Box | None = tuple((0, size) for size in image.shape[1:])  # type: ignore[assignment]
+        elif roi is not None:
+            box = roi
+        else:
+            box = tumor_box(prior.argmax(0), self.roi_margin)
+        if box is None:
+            return prior, None
+        box = evaluated_region(image.shape[1:], self.patch_size, box)
+        return self._stage2(member, image, prior, box), box
+
+    def _stage1_prior(self, member: CascadeNets, image: Tensor) -> Tensor:
+        """A member's Stage-1 probabilities (classes, x, y, z) over the views, optionally
+        mirror-averaged."""
         return predict_prior(
-            self.stage1_net,
+            member.stage1,
             image,
             slab_depth=self.slab_depth,
             views=self.views,
@@ -263,10 +301,10 @@ class CascadePredictor:
             mirror=self.stage1_tta,
         )
 
-    def _stage2(self, image: Tensor, prior: Tensor, box: Box) -> Tensor:
-        """Prior with the Stage-2 mixed probabilities pasted into `box` (classes, x, y, z)."""
+    def _stage2(self, member: CascadeNets, image: Tensor, prior: Tensor, box: Box) -> Tensor:
+        """The prior with a member's Stage-2 mixed probabilities in `box` (classes, x, y, z)."""
         return stage2_in_box(
-            self._mixed_windows,
+            lambda windows: self._mixed_windows(member, windows),
             image,
             prior,
             box,
@@ -276,10 +314,14 @@ class CascadePredictor:
             self.weighting,
         )
 
-    def _mixed_windows(self, windows: Tensor) -> Tensor:
-        """(B, 4 + classes, *patch) image + prior windows -> (B, classes, *patch) mixed."""
-        stage2 = mirrored_softmax(self._stage2_forward, windows, self.tta, self.autocast)
-        return self.mix(stage2, windows[:, len(MODALITIES) :].float())
+    def _mixed_windows(self, member: CascadeNets, windows: Tensor) -> Tensor:
+        """(B, 4 + classes, *patch) image + prior windows -> (B, classes, *patch) mixed by
+        `member`."""
+        # The net's own forward, not its __call__: a net compiled in place for training
+        # (model.compile) would compile again for inference, 100 s for the first case on a CPU
+        # and a minute on a GPU, where compiled prediction is no faster (experiments/bench).
+        stage2 = mirrored_softmax(member.stage2.forward, windows, self.tta, self.autocast)
+        return member.mix(stage2, windows[:, len(MODALITIES) :].float())
 
     def _synchronize(self) -> None:
         # CUDA kernels run asynchronously: wait before reading the clock.

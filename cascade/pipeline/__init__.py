@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from cascade.checkpoint import CascadeModel, build_predictor, save_checkpoint
 from cascade.config import export_job_for_ddp_children
 from cascade.inference.settings import InferenceSettings
 from cascade.lit.callbacks import TrainingSamples
-from cascade.loggers import build_logger
+from cascade.loggers import build_logger, metric_prefix
+from cascade.nn.members import CascadeNets
 from cascade.pipeline.evaluation import evaluate_cases, format_metrics, run_metrics, write_outputs
 from cascade.pipeline.folders import priors_tag
 from cascade.pipeline.prepare import (
@@ -65,40 +67,29 @@ def run(cfg: DictConfig) -> dict | None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     timings.log_to(logger)
 
-    with timings.phase("stage1_fit", "samples") as phase:
-        samples = TrainingSamples()
-        stage1_net, stage1_weights = fit_stage1(
-            cfg, scheme, cache, train_ids, val_ids, logger, [samples]
-        )
-        phase.count, phase.detail = samples.samples, None if samples.samples else "reused"
-    prior_tag = priors_tag(stage1_weights, priors_precision(cfg))
-    with timings.phase("priors", "cases") as phase:
-        prior_ids = train_ids + val_ids
-        written = sum(cache.has_prior(case_id, prior_tag) for case_id in prior_ids)
-        write_stage1_priors(cfg, stage1_net, cache, prior_ids, prior_tag)
-        phase.count = len(prior_ids) - written
-        phase.detail = f"{written} of {len(prior_ids)} already written"
+    members, alpha_histories = [], []
+    for index in range(cfg.ensemble_members):
+        fitted = _fit_member(cfg, index, scheme, cache, train_ids, val_ids, logger, timings)
+        if fitted is not None:
+            members.append(fitted[0])
+            alpha_histories.append(fitted[1])
     if cfg.stage == 1:
         return None
-
-    with timings.phase("stage2_fit", "samples") as phase:
-        samples = TrainingSamples()
-        stage2_net, mix, alpha_history = fit_stage2(
-            cfg, scheme, cache, train_ids, val_ids, prior_tag, logger, [samples]
-        )
-        phase.count, phase.detail = samples.samples, None if samples.samples else "reused"
     # Lightning's global rank: set by the fit's strategy, or read from the launcher's environment
     # (torchrun, SLURM) when both stages were reused and no Trainer ran
     if not is_global_zero():
         return None
-    model = CascadeModel(stage1_net, stage2_net, mix, settings=InferenceSettings.from_config(cfg))
+    model = CascadeModel(members, settings=InferenceSettings.from_config(cfg))
     networks = {
         name: OmegaConf.to_container(cfg.model[name], resolve=True)
         for name in ("stage1", "stage2", "mix")
     }
     save_checkpoint(run_dir / "cascade.ckpt", model, networks)
-    if alpha_history is not None and alpha_history.steps:
-        save_alpha_curve(run_dir / "alpha.png", alpha_history.steps, alpha_history.alphas)
+    first_alphas = alpha_histories[0]
+    if first_alphas is not None and first_alphas.steps:
+        save_alpha_curve(run_dir / "alpha.png", first_alphas.steps, first_alphas.alphas)
+    # an ensemble's alpha in the metrics is its members' mean (each is logged on its own)
+    alpha = sum(float(member.mix.alpha.detach()) for member in members) / len(members)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     predictor = build_predictor(
@@ -120,7 +111,7 @@ def run(cfg: DictConfig) -> dict | None:
                 predictor, split_cases, overlay_dir, cfg.evaluation.overlay_cases
             )
             rows += [{"case_id": row["case_id"], "split": split, **row} for row in split_rows]
-            by_split[split] = run_metrics(split_rows, scheme, alpha=float(mix.alpha.detach()))
+            by_split[split] = run_metrics(split_rows, scheme, alpha=alpha)
         phase.count = len(rows)
     reported = "test" if "test" in by_split else "val"
     metrics = {**by_split[reported], "reported_split": reported}
@@ -139,6 +130,51 @@ def run(cfg: DictConfig) -> dict | None:
         print(format_metrics(split_metrics, scheme))
     print(f"outputs in {run_dir}")
     return metrics
+
+
+def _fit_member(cfg, index, scheme, cache, train_ids, val_ids, logger, timings):
+    """Member `index` of the run's ensemble: Stage 1, its priors, then Stage 2 on them, with seed
+    ``seed + index`` (member 0 is the run's one cascade when there is one), each fit reused when
+    its folder holds its weights. Returns the nets and Stage 2's alpha per step (None when
+    reused), or None when the run stops after Stage 1. Members after the first log with the
+    prefix ``member<index>``."""
+    member_cfg = copy.deepcopy(cfg)
+    if index:
+        # the first member runs exactly as a run without an ensemble, seeded once at its start
+        with open_dict(member_cfg):
+            member_cfg.seed = cfg.seed + index
+        L.seed_everything(member_cfg.seed, workers=True)
+    detail = f"member {index + 1} of {cfg.ensemble_members}: " if cfg.ensemble_members > 1 else ""
+    with metric_prefix(logger, f"member{index}" if index else ""):
+        with timings.phase("stage1_fit", "samples") as phase:
+            samples = TrainingSamples()
+            stage1_net, stage1_weights = fit_stage1(
+                member_cfg, scheme, cache, train_ids, val_ids, logger, [samples]
+            )
+            phase.count = samples.samples
+            phase.detail = _detail(detail, None if samples.samples else "reused")
+        prior_tag = priors_tag(stage1_weights, priors_precision(member_cfg))
+        with timings.phase("priors", "cases") as phase:
+            prior_ids = train_ids + val_ids
+            written = sum(cache.has_prior(case_id, prior_tag) for case_id in prior_ids)
+            write_stage1_priors(member_cfg, stage1_net, cache, prior_ids, prior_tag)
+            phase.count = len(prior_ids) - written
+            phase.detail = _detail(detail, f"{written} of {len(prior_ids)} already written")
+        if cfg.stage == 1:
+            return None
+        with timings.phase("stage2_fit", "samples") as phase:
+            samples = TrainingSamples()
+            stage2_net, mix, alpha_history = fit_stage2(
+                member_cfg, scheme, cache, train_ids, val_ids, prior_tag, logger, [samples]
+            )
+            phase.count = samples.samples
+            phase.detail = _detail(detail, None if samples.samples else "reused")
+    return CascadeNets(stage1_net, stage2_net, mix), alpha_history
+
+
+def _detail(member: str, detail: str | None) -> str | None:
+    """A phase's detail line, led by which member it belongs to in an ensemble."""
+    return f"{member}{detail or ''}".removesuffix(": ") or None
 
 
 def _log_overlays(logger, overlay_dir: Path | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from cascade.data.labels import DEFAULT_SCHEME, LabelScheme
 from cascade.inference.cascade import CascadePredictor, mirrored_softmax, tumor_box
 from cascade.inference.settings import InferenceSettings
 from cascade.inference.sliding import evaluated_region, sliding_window_predict
+from cascade.nn.members import CascadeNets
 from experiments.bench.measure import median, time_calls
 from experiments.bench.networks import NNUNET_PATCH, nnunet_plain_unet
 
@@ -31,12 +33,10 @@ def untrained_predictor(
     """The configured cascade with freshly initialised nets (speed does not depend on weights);
     `fast`: the CPU's bf16 path as cascade.predict takes it (cascade.inference.precision)."""
     torch.manual_seed(0)
-    model = CascadeModel(
-        instantiate(cfg.model.stage1),
-        instantiate(cfg.model.stage2),
-        instantiate(cfg.model.mix),
-        settings=InferenceSettings.from_config(cfg),
+    nets = CascadeNets(
+        instantiate(cfg.model.stage1), instantiate(cfg.model.stage2), instantiate(cfg.model.mix)
     )
+    model = CascadeModel([nets], settings=InferenceSettings.from_config(cfg))
     fp16 = str(cfg.trainer.precision).startswith("16")
     return build_predictor(model, device, tta=tta, fp16=fp16, cpu_bf16=fast)
 
@@ -231,7 +231,10 @@ def window_overhead_rows(
 
     rows = []
     for label, function in (
-        ("net + mix (CascadePredictor windows)", predictor._mixed_windows),
+        (
+            "net + mix (CascadePredictor windows)",
+            functools.partial(predictor._mixed_windows, predictor.members[0]),
+        ),
         ("windowing only (constant stand-in)", constant),
     ):
         cuda = device.type == "cuda"  # a first, untimed pass tunes cuDNN for the window shape

@@ -7,10 +7,11 @@ from cascade.data.discovery import discover_cases
 from cascade.data.labels import SCHEMES
 from cascade.data.preprocess import preprocess_case
 from cascade.data.transforms import build_preprocessing
-from cascade.inference.cascade import CascadePredictor, tumor_box
+from cascade.inference.cascade import CascadePredictor, enclosing_box, tumor_box
 from cascade.inference.multiview import predict_prior
 from cascade.inference.sliding import window_starts
 from cascade.nn.attention_unet3d import AttentionUNet3d
+from cascade.nn.members import CascadeNets
 from cascade.nn.residual_mix import LearnableResidualMix
 from cascade.nn.unet2d import UNet2d
 
@@ -70,9 +71,16 @@ def tiny_stage2() -> CountingNet:
     )
 
 
-def make_predictor(stage1: nn.Module, stage2: nn.Module, **overrides) -> CascadePredictor:
+def make_predictor(
+    stage1: nn.Module, stage2: nn.Module, mix: nn.Module | None = None, **overrides
+) -> CascadePredictor:
+    mix = LearnableResidualMix(0.5) if mix is None else mix
+    return CascadePredictor(members=[CascadeNets(stage1, stage2, mix)], **settings_with(overrides))
+
+
+def settings_with(overrides: dict) -> dict:
+    """The test predictor's settings, with `overrides`."""
     settings = dict(
-        mix=LearnableResidualMix(0.5),
         preprocessing=build_preprocessing(0, 0.5, 99.5),
         slab_depth=SLAB_DEPTH,
         views=VIEWS,
@@ -87,7 +95,7 @@ def make_predictor(stage1: nn.Module, stage2: nn.Module, **overrides) -> Cascade
         min_enhancing_voxels=None,
     )
     settings.update(overrides)
-    return CascadePredictor(stage1_net=stage1, stage2_net=stage2, **settings)
+    return settings
 
 
 @pytest.fixture
@@ -223,3 +231,40 @@ def test_a_net_compiled_in_place_for_training_predicts_eagerly(case):
     predictor = make_predictor(IntensityStage1(threshold=3.0), stage2)
     prediction = predictor.predict(case)
     assert prediction.stage2_box is not None and stage2.windows > 0
+
+
+@pytest.mark.parametrize("missing_first", [False, True])
+def test_an_ensemble_averages_its_members_probabilities(case, missing_first):
+    """One member finds the tumor and runs Stage 2 around it, the other finds none and skips
+    Stage 2: the ensemble's output is the mean of the two members' own outputs, in either
+    order."""
+    image, _, _ = preprocess_case(case, build_preprocessing(0, 0.5, 99.5))
+    finds = CascadeNets(IntensityStage1(3.0), ConstantStage2(winner=2), LearnableResidualMix(0.4))
+    misses = CascadeNets(IntensityStage1(1e6), tiny_stage2(), LearnableResidualMix(0.5))
+    alone = [
+        CascadePredictor(members=[member], **settings_with({})).predict_arrays(image)
+        for member in (finds, misses)
+    ]
+    members = [misses, finds] if missing_first else [finds, misses]
+    both = CascadePredictor(members=members, **settings_with({})).predict_arrays(image)
+
+    expected = (alone[0].probabilities + alone[1].probabilities) / 2
+    torch.testing.assert_close(both.probabilities, expected)
+    assert misses.stage2.windows == 0
+    assert alone[1].stage2_box is None and both.stage2_box == alone[0].stage2_box
+    np.testing.assert_array_equal(both.classes, expected.argmax(0).numpy())
+    # a tumor only one of two members sees is left out: background keeps at least half the vote
+    assert (alone[0].classes > 0).any() and not (both.classes > 0).any()
+    assert set(both.timings) == {"stage1", "stage2"}
+
+
+def test_the_ensembles_stage2_box_holds_every_members_box():
+    assert enclosing_box([]) is None
+    box = ((2, 9), (0, 4), (5, 6))
+    assert enclosing_box([box]) == box
+    assert enclosing_box([box, ((4, 12), (1, 3), (0, 6))]) == ((2, 12), (0, 4), (0, 6))
+
+
+def test_a_predictor_without_members_is_refused():
+    with pytest.raises(ValueError, match="at least one member"):
+        CascadePredictor(members=[], **settings_with({}))
