@@ -9,6 +9,8 @@ the file is instantiated or imported by name.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,25 @@ def _member(state_dicts: dict, networks: dict, path: Path) -> CascadeNets:
             ) from None
         modules[name] = module.eval()
     return CascadeNets(**modules)
+
+
+def join_models(models: Sequence[CascadeModel], paths: Sequence[Path]) -> CascadeModel:
+    """One ensemble of every member of `models` (read from `paths`, in order). They must share
+    their settings: the predictor preprocesses a case once for all members and post-processes
+    their mean."""
+    first = models[0]
+    for model, path in zip(models[1:], paths[1:], strict=True):
+        differing = [
+            field.name
+            for field in dataclasses.fields(first.settings)
+            if getattr(model.settings, field.name) != getattr(first.settings, field.name)
+        ]
+        if differing:
+            raise CheckpointError(
+                f"{path}: {', '.join(differing)} not as in {paths[0]}; "
+                "an ensemble's members share their settings"
+            )
+    return CascadeModel([member for model in models for member in model.members], first.settings)
 
 
 def build_predictor(

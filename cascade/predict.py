@@ -1,5 +1,8 @@
 """Segment new patients: ``python -m cascade.predict --checkpoint CKPT --input PATH --output DIR``.
 
+Several checkpoints after ``--checkpoint`` (or one that holds an ensemble, ``ensemble_members``)
+are run as one ensemble: every member's probabilities are averaged before the argmax.
+
 PATH is a case folder or a dataset folder of any supported release. Each case is written as
 ``<case-id>.nii.gz`` (``<case-id>-seg.nii.gz`` for the 2023 naming) on the input's exact grid,
 with its affine and header and labels in the input's convention; a case on another grid than the
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cascade.checkpoint import CheckpointError, build_predictor, load_checkpoint
+from cascade.checkpoint import CheckpointError, build_predictor, join_models, load_checkpoint
 from cascade.cores import size_inference
 from cascade.data.cases import overlay_background
 from cascade.data.discovery import scan_cases
@@ -51,7 +54,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m cascade.predict", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
-        "--checkpoint", type=Path, required=True, help="cascade.ckpt from a training run"
+        "--checkpoint",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="cascade.ckpt from a training run; several: one ensemble of all their members "
+        "(trained with the same settings, e.g. the seeds of a sweep)",
     )
     parser.add_argument(
         "--input", type=Path, required=True, help="a case folder or a dataset folder"
@@ -124,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --device cuda, but no CUDA device is available")
         return 2
     try:
-        model = load_checkpoint(args.checkpoint)
+        models = [load_checkpoint(path) for path in args.checkpoint]
+        model = join_models(models, args.checkpoint)
     except CheckpointError as error:
         print(f"error: {error}")
         return 2

@@ -259,3 +259,49 @@ def test_min_enhancing_voxels_and_no_postprocessing_exclude_each_other(
         predict(_args(checkpoint, tmp_path, tmp_path / "seg", "--no-postprocessing",
                       "--min-enhancing-voxels", "5"))  # fmt: skip
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_several_checkpoints_predict_as_one_ensemble(tmp_path, write_case, monkeypatch) -> None:
+    """Three checkpoints: all call block A edema, the first two block B, the first alone block C.
+    Their mean keeps A and B (3/3, 2/3) and drops C (1/3); the first checkpoint alone keeps all."""
+    paths = [write_checkpoint(tmp_path / f"m{index}.ckpt", SETTINGS) for index in range(3)]
+    write_case(tmp_path / "data", case_id="A", shape=(24, 26, 20))
+
+    def prior(self, member, image: torch.Tensor) -> torch.Tensor:
+        votes = self.members.index(member)
+        classes = torch.zeros(image.shape[1:], dtype=torch.long)
+        classes[1:4, 1:4, 1:4] = 2
+        if votes < 2:
+            classes[6:9, 6:9, 6:9] = 2
+        if votes < 1:
+            classes[11:14, 11:14, 11:14] = 2
+        return torch.nn.functional.one_hot(classes, 4).movedim(-1, 0).float()
+
+    monkeypatch.setattr(cascade_inference.CascadePredictor, "_stage1_prior", prior)
+    monkeypatch.setattr(
+        cascade_inference.CascadePredictor, "_stage2", lambda self, member, image, p, box: p
+    )
+    alone, together = tmp_path / "alone", tmp_path / "together"
+    assert predict(_args(paths[0], tmp_path / "data", alone, "--no-postprocessing")) == 0
+    arguments = _args(paths[0], tmp_path / "data", together, "--no-postprocessing")
+    at = arguments.index(str(paths[0]))
+    assert predict([*arguments[: at + 1], *map(str, paths[1:]), *arguments[at + 1 :]]) == 0
+    blocks = 27
+    assert np.count_nonzero(_labels(alone) == 2) == 3 * blocks
+    assert np.count_nonzero(_labels(together) == 2) == 2 * blocks
+    assert not ((_labels(together) > 0) & (_labels(alone) == 0)).any()
+
+
+def test_checkpoints_with_other_settings_do_not_join(tmp_path, write_case, capsys) -> None:
+    first = write_checkpoint(tmp_path / "a.ckpt", SETTINGS)
+    other = write_checkpoint(tmp_path / "b.ckpt", {**SETTINGS, "largest_tumor_component": True})
+    write_case(tmp_path / "data", case_id="A", shape=(24, 26, 20))
+    arguments = _args(first, tmp_path / "data", tmp_path / "seg")
+    at = arguments.index(str(first))
+    assert predict([*arguments[: at + 1], str(other), *arguments[at + 1 :]]) == 2
+    message = capsys.readouterr().out.strip()
+    assert message == (
+        f"error: {other}: largest_tumor_component not as in {first}; "
+        "an ensemble's members share their settings"
+    )
+    assert not (tmp_path / "seg").exists()
