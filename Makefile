@@ -30,7 +30,7 @@ test: install ## run the fast test suite (CPU)
 DEMO_RUN ?= outputs/demo
 REAL_CASE ?= ../shared/data/real/TCGA-FG-6692
 
-demo: install ## train the cascade on generated MRI-like cases at full resolution (CPU, ~10 min), test it on REAL_CASE
+demo: install ## train the cascade on generated MRI-like cases at full resolution (CPU, ~13 min), test it on REAL_CASE
 	$(BIN)/python -m cascade.train +experiment=demo hydra.run.dir=$(DEMO_RUN)
 	@if [ -d "$(REAL_CASE)" ]; then \
 		$(BIN)/python -m cascade.predict --checkpoint $(DEMO_RUN)/cascade.ckpt --input $(REAL_CASE) \

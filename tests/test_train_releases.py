@@ -54,8 +54,8 @@ def test_a_brats2024_tree_trains_with_the_resection_cavity_region(tmp_path) -> N
     assert model.settings.labels == "brats2024"
     assert model.scheme.num_classes == 5
     with torch.no_grad():  # both nets predict the five classes of the scheme
-        assert model.stage1(torch.zeros(2, 20, 16, 16)).shape[1] == 5
-        assert model.stage2(torch.zeros(2, 4 + 5, 16, 16, 16)).shape[1] == 5
+        assert model.members[0].stage1(torch.zeros(2, 20, 16, 16)).shape[1] == 5
+        assert model.members[0].stage2(torch.zeros(2, 4 + 5, 16, 16, 16)).shape[1] == 5
     # the user's data folder is read, never written
     after = sorted(path for path in (tmp_path / "BraTS2024-GLI").rglob("*") if path.is_file())
     assert after == [path for path in files_before if "BraTS2024-GLI" in str(path)]

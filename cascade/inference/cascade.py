@@ -253,8 +253,14 @@ class CascadePredictor:
             probability_sum = (
                 probabilities if probability_sum is None else probability_sum.add_(probabilities)
             )
-        probabilities = probability_sum.div_(len(self.members))
+        start = time.perf_counter()
         stage1_classes = prior_sum.argmax(0)
+        self._synchronize()
+        stage1_done = time.perf_counter()
+        probabilities = probability_sum.div_(len(self.members))
+        self._synchronize()
+        stage1_seconds += stage1_done - start
+        stage2_seconds += time.perf_counter() - stage1_done
 
         classes = self.postprocess(probabilities.argmax(0).to(torch.uint8))
         return VolumePrediction(
