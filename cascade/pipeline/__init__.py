@@ -134,8 +134,8 @@ def run(cfg: DictConfig) -> dict | None:
 
 def _fit_member(cfg, index, scheme, cache, train_ids, val_ids, logger, timings):
     """Member `index` of the run's ensemble: Stage 1, its priors, then Stage 2 on them, with seed
-    ``seed + index`` (member 0 is the run's one cascade when there is one), each fit reused when
-    its folder holds its weights. Returns the nets and Stage 2's alpha per step (None when
+    ``seed + index`` (member 0 is what a run without an ensemble fits), each fit reused when its
+    folder holds its weights. Returns the nets and Stage 2's alpha per step (None when
     reused), or None when the run stops after Stage 1. Members after the first log with the
     prefix ``member<index>``."""
     member_cfg = copy.deepcopy(cfg)
