@@ -242,17 +242,23 @@ def test_an_interrupted_stage2_fit_resumes_from_its_checkpoint(smoke_run) -> Non
     assert (folder / "stage2.pt").exists()
 
 
-def test_two_ddp_ranks_share_one_run_folder_and_rank_zero_writes(tmp_path) -> None:
-    """Lightning re-launches rank 1 by re-running the command; it must join the same job."""
+@pytest.mark.parametrize("members", [1, 2])
+def test_two_ddp_ranks_share_one_run_folder_and_rank_zero_writes(tmp_path, members) -> None:
+    """Lightning re-launches rank 1 by re-running the command; it must join the same job, and
+    fit an ensemble's members in step with rank 0."""
     run = tmp_path / "run"
     ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
-    result = train(*TINY, *ddp, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}")
+    result = train(
+        *TINY, *ddp, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}",
+        f"ensemble_members={members}",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run / "metrics.json").read_text()).keys() >= METRIC_KEYS
     # one run folder for both ranks: no second timestamped folder, rank 1 logged into this one
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "run"]
     assert (run / "ddp_rank_1.log").exists()
     assert len(list(run.glob("cascade.ckpt"))) == 1
+    assert len(load_checkpoint(run / "cascade.ckpt").members) == members
 
 
 def test_speed_and_logging_settings_retrain_nothing(smoke_run, tmp_path) -> None:
