@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -29,3 +31,13 @@ def bounding_box(mask: np.ndarray | torch.Tensor, margin: int = 0) -> Box | None
 def box_slices(box: Box) -> tuple[slice, ...]:
     """Index of the box's voxels: ``array[box_slices(box)]``."""
     return tuple(slice(start, stop) for start, stop in box)
+
+
+def enclosing_box(boxes: Sequence[Box]) -> Box | None:
+    """The smallest box that holds every box of `boxes`; None when there are none."""
+    if not boxes:
+        return None
+    return tuple(  # type: ignore[return-value]
+        (min(box[axis][0] for box in boxes), max(box[axis][1] for box in boxes))
+        for axis in range(len(boxes[0]))
+    )

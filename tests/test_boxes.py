@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cascade.boxes import bounding_box, box_slices
+from cascade.boxes import bounding_box, box_slices, enclosing_box
 
 
 @pytest.mark.parametrize("as_tensor", [False, True])
@@ -20,3 +20,10 @@ def test_the_box_holds_the_mask_grown_by_the_margin_and_clipped(as_tensor) -> No
 def test_an_empty_mask_has_no_box() -> None:
     assert bounding_box(np.zeros((4, 4, 4), dtype=bool)) is None
     assert bounding_box(torch.zeros(4, 4, dtype=torch.bool), margin=3) is None
+
+
+def test_the_enclosing_box_holds_every_box():
+    assert enclosing_box([]) is None
+    box = ((2, 9), (0, 4), (5, 6))
+    assert enclosing_box([box]) == box
+    assert enclosing_box([box, ((4, 12), (1, 3), (0, 6))]) == ((2, 12), (0, 4), (0, 6))

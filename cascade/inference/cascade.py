@@ -21,7 +21,7 @@ import torch
 import torchio as tio
 from torch import Tensor
 
-from cascade.boxes import Box, bounding_box
+from cascade.boxes import Box, bounding_box, enclosing_box
 from cascade.data.cases import MODALITIES, Case
 from cascade.data.geometry import probabilities_onto_grid
 from cascade.data.labels import DEFAULT_SCHEME, LabelScheme, writing_scheme
@@ -89,16 +89,6 @@ class Prediction:
 def tumor_box(classes: Tensor, margin: int) -> Box | None:
     """Bounding box of classes != 0 in an (X, Y, Z) map, grown by `margin` voxels and clipped."""
     return bounding_box(classes != 0, margin)
-
-
-def enclosing_box(boxes: Sequence[Box]) -> Box | None:
-    """The smallest box that holds every box of `boxes`; None when there are none."""
-    if not boxes:
-        return None
-    return tuple(  # type: ignore[return-value]
-        (min(box[axis][0] for box in boxes), max(box[axis][1] for box in boxes))
-        for axis in range(len(boxes[0]))
-    )
 
 
 class CascadePredictor:

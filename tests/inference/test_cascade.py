@@ -7,7 +7,7 @@ from cascade.data.discovery import discover_cases
 from cascade.data.labels import SCHEMES
 from cascade.data.preprocess import preprocess_case
 from cascade.data.transforms import build_preprocessing
-from cascade.inference.cascade import CascadePredictor, enclosing_box, tumor_box
+from cascade.inference.cascade import CascadePredictor, tumor_box
 from cascade.inference.multiview import predict_prior
 from cascade.inference.sliding import window_starts
 from cascade.nn.attention_unet3d import AttentionUNet3d
@@ -256,13 +256,6 @@ def test_an_ensemble_averages_its_members_probabilities(case, missing_first):
     # a tumor only one of two members sees is left out: background keeps at least half the vote
     assert (alone[0].classes > 0).any() and not (both.classes > 0).any()
     assert set(both.timings) == {"stage1", "stage2"}
-
-
-def test_the_ensembles_stage2_box_holds_every_members_box():
-    assert enclosing_box([]) is None
-    box = ((2, 9), (0, 4), (5, 6))
-    assert enclosing_box([box]) == box
-    assert enclosing_box([box, ((4, 12), (1, 3), (0, 6))]) == ((2, 12), (0, 4), (0, 6))
 
 
 def test_a_predictor_without_members_is_refused():
