@@ -111,6 +111,23 @@ def test_a_bad_case_is_skipped_in_one_line_and_leaves_no_file(
     assert sorted(path.name for path in output.iterdir()) == ["good.nii.gz", "volumes.csv"]
 
 
+def test_a_flat_modality_is_skipped_in_one_line_and_leaves_no_file(
+    checkpoint, tmp_path, write_case, capsys
+) -> None:
+    # one value over the whole brain (a mask saved as FLAIR): it cannot be z-scored
+    data, output = tmp_path / "data", tmp_path / "seg"
+    flat = np.zeros((24, 24, 16), np.float32)
+    flat[4:20, 4:20, 3:13] = 5.0
+    write_case(data, case_id="good", shape=(24, 24, 16))
+    write_case(data, case_id="flat", shape=(24, 24, 16), arrays={"flair": flat})
+    assert predict(_args(checkpoint, data, output)) == 1
+    printed = capsys.readouterr().out
+    problem = [line for line in printed.splitlines() if "flat_flair" in line]
+    assert len(problem) == 1 and "constant image" in problem[0]
+    assert "Traceback" not in printed
+    assert sorted(path.name for path in output.iterdir()) == ["good.nii.gz", "volumes.csv"]
+
+
 def test_existing_predictions_are_skipped_unless_overwrite(
     checkpoint, tmp_path, write_case
 ) -> None:

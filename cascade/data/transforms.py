@@ -19,6 +19,7 @@ from torchio.transforms.preprocessing.intensity.normalization_transform import (
 )
 
 from cascade.boxes import Box, bounding_box
+from cascade.data.errors import CaseError
 
 # Scales the median absolute deviation to the standard deviation of a normal distribution.
 MAD_TO_STD = 1.4826
@@ -140,9 +141,9 @@ def _masked_values(
     inside = mask.numpy()
     values = array[inside]
     if values.size == 0:
-        raise RuntimeError(
-            f"{_describe(image, image_name)}: brain mask of {image_name} is empty, "
-            f"cannot {purpose} (all-zero image?)"
+        raise CaseError(
+            _describe(image, image_name),
+            f"brain mask of {image_name} is empty, cannot {purpose} (all-zero image?)",
         )
     return image, array, inside, values
 
@@ -202,9 +203,11 @@ class RobustZNormalization(NormalizationTransform):
         np.abs(np.subtract(deviations, median, out=deviations), out=deviations)
         (mad,) = _percentiles(deviations, (50.0,))
         if mad == 0:
-            raise RuntimeError(
-                f"{_describe(image, image_name)}: median absolute deviation of {image_name} "
-                "inside the brain is 0 (constant image?), cannot normalise"
+            # a user's file (one line, the case skipped or listed), not a fault of the code
+            raise CaseError(
+                _describe(image, image_name),
+                f"median absolute deviation of {image_name} inside the brain is 0 "
+                "(constant image?), cannot normalise",
             )
         array -= np.float32(median)
         array *= np.float32(1.0 / (MAD_TO_STD * mad))

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchio as tio
 
+from cascade.data.errors import CaseError
 from cascade.data.transforms import (
     CropToBrain,
     PercentileClip,
@@ -97,14 +98,14 @@ def test_constant_image_names_file_and_image(tmp_path: Path) -> None:
     path = tmp_path / "case_t1ce.nii.gz"
     nib.save(nib.Nifti1Image(volume, np.eye(4)), path)
     subject = tio.Subject(t1ce=tio.ScalarImage(path))
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(CaseError) as error:
         RobustZNormalization()(subject)
     message = str(error.value)
     assert str(path) in message and "t1ce" in message and "\n" not in message
 
 
 def test_empty_mask_is_an_error() -> None:
-    with pytest.raises(RuntimeError, match="empty"):
+    with pytest.raises(CaseError, match="empty"):
         PercentileClip()(make_subject(t2=np.zeros(SHAPE, dtype=np.float32)))
 
 

@@ -18,10 +18,14 @@ def test_every_bad_case_is_named_and_only_good_ones_are_cached(tmp_path, write_c
     write_case(data, case_id="nan", arrays={"t2": np.full((24, 24, 16), np.nan, np.float32)})
     write_case(data, case_id="zero", arrays={"flair": np.zeros((24, 24, 16), np.int16)})
     write_case(data, case_id="cut").get("t1ce").write_bytes(b"\x1f\x8b" + bytes(100))
-    with pytest.raises(prepare.DataError, match="3 bad case") as error:
+    flat = np.zeros((24, 24, 16), np.float32)
+    flat[4:20, 4:20, 3:13] = 5.0  # one value over the brain: no spread to z-score by
+    write_case(data, case_id="flat", arrays={"t1": flat})
+    with pytest.raises(prepare.DataError, match="4 bad case") as error:
         prepare.prepare_cache(discover_cases(data), PREPROCESSING, tmp_path / "cache")
     message = str(error.value)
     assert "nan_t2" in message and "zero_flair" in message and "cut_t1ce" in message
+    assert "flat_t1" in message and "constant image" in message
     assert "Traceback" not in message
     cached = [path.name for path in (tmp_path / "cache").glob("*/cases/*")]
     assert cached == ["good"]
