@@ -55,6 +55,22 @@ def test_mixed_dataset_reports_every_bad_case_and_exits_1(write_case, tmp_path, 
     assert rows == ["Case_001", "Case_004"]
 
 
+def test_a_flat_image_is_a_problem_before_any_preprocessing(write_case, tmp_path, capsys):
+    # a brain mask saved as FLAIR: nothing to z-score by; checking says so, as training would
+    root = tmp_path / "data"
+    write_case(root=root, case_id="Case_001")
+    flat = np.zeros((24, 24, 16), np.int16)
+    flat[4:20, 4:20, 3:13] = 1
+    mask = write_case(root=root, case_id="Case_002", arrays={"flair": flat})
+
+    code = main([str(root)])
+
+    output = capsys.readouterr().out
+    errors = [line for line in output.splitlines() if line.startswith("ERROR ")]
+    assert code == 1 and len(errors) == 1
+    assert errors[0].startswith(f"ERROR {mask['flair']}: flair image has no spread")
+
+
 def test_several_paths_and_no_cases(write_case, tmp_path, capsys):
     first = write_case(root=tmp_path / "a")["t1"].parent
     second = write_case(root=tmp_path / "b", naming="brats2023")["t1"].parent

@@ -123,7 +123,7 @@ def test_a_flat_modality_is_skipped_in_one_line_and_leaves_no_file(
     assert predict(_args(checkpoint, data, output)) == 1
     printed = capsys.readouterr().out
     problem = [line for line in printed.splitlines() if "flat_flair" in line]
-    assert len(problem) == 1 and "constant image" in problem[0]
+    assert len(problem) == 1 and "no spread" in problem[0]
     assert "Traceback" not in printed
     assert sorted(path.name for path in output.iterdir()) == ["good.nii.gz", "volumes.csv"]
 

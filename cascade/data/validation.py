@@ -1,7 +1,7 @@
 """Check that a case can be used, and settle a dataset's label scheme from its files.
 
 `validate_case` reads every file of a case: readable NIfTI, 3D (4D with the channel count of
-dataset.json for MSD), finite values, no all-zero image, modalities overlapping in physical
+dataset.json for MSD), finite values, no all-zero or flat image, modalities overlapping in physical
 space (they may lie on different grids: they are resampled onto one), the label on the reference
 grid, label values integral and in the scheme. `resolve_scheme` then decides the dataset's scheme
 from the namings and the label values of all its cases, or checks a forced one.
@@ -99,6 +99,21 @@ def check_image_voxels(path, channels: Mapping[str, np.ndarray]) -> None:
         # Small negative values are normal (interpolation), so only "no signal at all" is flagged.
         if not channel.any():
             raise CaseError(path, f"{name} image is all zero")
+        if _no_spread(channel[channel != 0]):
+            raise CaseError(
+                path,
+                f"{name} image has no spread inside the brain (median absolute deviation 0: "
+                "a constant or mask image?), cannot be normalised",
+            )
+
+
+def _no_spread(values: np.ndarray) -> bool:
+    """Whether the robust z-score's scale (the median absolute deviation) of `values` is 0.
+    One voxel in 8 decides first: a whole brain's median costs more than the rest of the check."""
+    for sample in (values[::8], values):
+        if sample.size and np.median(np.abs(sample - np.median(sample))) > 0:
+            return False
+    return True
 
 
 def check_label(

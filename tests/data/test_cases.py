@@ -192,7 +192,7 @@ def test_small_negative_int16_values_are_accepted(write_case):
 
 
 def test_trailing_singleton_dimension_is_accepted(write_case):
-    volume = np.full((24, 24, 16, 1), 100, dtype=np.int16)
+    volume = np.arange(24 * 24 * 16, dtype=np.int16).reshape(24, 24, 16, 1) + 1
     paths = write_case(arrays={"flair": volume})
 
     summary = validate_case(_only_case(paths))

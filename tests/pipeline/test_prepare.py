@@ -25,7 +25,7 @@ def test_every_bad_case_is_named_and_only_good_ones_are_cached(tmp_path, write_c
         prepare.prepare_cache(discover_cases(data), PREPROCESSING, tmp_path / "cache")
     message = str(error.value)
     assert "nan_t2" in message and "zero_flair" in message and "cut_t1ce" in message
-    assert "flat_t1" in message and "constant image" in message
+    assert "flat_t1" in message and "no spread" in message
     assert "Traceback" not in message
     cached = [path.name for path in (tmp_path / "cache").glob("*/cases/*")]
     assert cached == ["good"]
