@@ -182,6 +182,7 @@ class ModelConfig:
     mix: MixConfig = field(default_factory=MixConfig)
     lightning: LightningConfig = field(default_factory=LightningConfig)
     compile: bool = MISSING
+    channels_last: bool = MISSING
     alpha_lr: float | None = MISSING
     stage2_own_loss_weight: float = MISSING
     loss: LossConfig = field(default_factory=LossConfig)

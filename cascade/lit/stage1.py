@@ -28,6 +28,7 @@ class Stage1Module(L.LightningModule):
     optimizer: partial taking the parameters. scheduler: partial taking the optimizer and the
     run's total optimizer steps (positionally, e.g. CosineAnnealingLR(optimizer, T_max)); it is
     stepped every optimizer step. Batches: {"image": (B, 4k, H, W), "label": (B, H, W)}.
+    `channels_last` trains the net in channels-last memory format (faster on a CPU).
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class Stage1Module(L.LightningModule):
         slab_depth: int = 5,
         plane_size: Sequence[int] | None = None,
         slab_batch_size: int = 32,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
@@ -53,13 +55,19 @@ class Stage1Module(L.LightningModule):
         self.slab_depth = slab_depth
         self.plane_size = None if plane_size is None else tuple(plane_size)
         self.slab_batch_size = slab_batch_size
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
 
     def forward(self, slabs: Tensor) -> Tensor:
         """(B, 4k, H, W) -> logits (B, classes, H, W)."""
         return self.net(slabs)
 
     def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        probabilities = torch.softmax(self(batch["image"]).float(), dim=1)
+        slabs = batch["image"]
+        if self.channels_last:
+            slabs = slabs.contiguous(memory_format=torch.channels_last)
+        probabilities = torch.softmax(self(slabs).float(), dim=1)
         return self.loss(probabilities, batch["label"]), probabilities
 
     def training_step(self, batch: dict[str, Tensor], batch_index: int) -> Tensor:

@@ -24,7 +24,9 @@ from cascade.ranks import is_global_zero
 # Settings that change speed or logging, never the weights: left out of the stage hashes.
 _NOT_SHAPING_LOADER = ("num_workers",)
 _NOT_SHAPING_TRAINER = ("log_every_n_steps", "benchmark", "enable_progress_bar")
-_NOT_SHAPING_STAGE2_MODULE = ("window_batch_size", "compile")
+# a memory format or compilation changes which kernels run, not what they compute
+_NOT_SHAPING_STAGE1_MODULE = ("channels_last",)
+_NOT_SHAPING_STAGE2_MODULE = ("window_batch_size", "compile", "channels_last")
 # Callbacks that only report on a fit.
 _REPORTING_CALLBACKS = (
     "cascade.lit.callbacks.EpochProgress",
@@ -71,7 +73,8 @@ def stage1_folder(
 ) -> Path:
     return stage_folder(
         cfg, "stage1", cfg.preprocessing, _shaping(cfg.data.stage1, _NOT_SHAPING_LOADER),
-        cfg.model.stage1, cfg.model.loss, cfg.model.lightning.stage1,
+        cfg.model.stage1, cfg.model.loss,
+        _shaping(cfg.model.lightning.stage1, _NOT_SHAPING_STAGE1_MODULE),
         _shaping(trainer_settings(cfg, "stage1"), _NOT_SHAPING_TRAINER), _callbacks_shaping(cfg),
         cfg.seed, train_ids, val_ids, data_identity,
     )  # fmt: skip
@@ -85,7 +88,7 @@ def stage2_folder(
     data_identity: str,
 ) -> Path:
     # the module's validation windows (overlap, margin) shape the Dice that picks the best
-    # checkpoint; its batch size and compilation change only speed
+    # checkpoint; its batch size, memory format and compilation change only speed
     return stage_folder(
         cfg, "stage2", prior_tag, cfg.preprocessing,
         _shaping(cfg.data.stage2, _NOT_SHAPING_LOADER), cfg.model.stage2, cfg.model.mix,

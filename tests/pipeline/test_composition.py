@@ -8,7 +8,7 @@ import pytest
 from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 
 from cascade.pipeline.composition import build, build_trainer
-from cascade.pipeline.folders import stage1_folder
+from cascade.pipeline.folders import stage1_folder, stage2_folder
 from tests.pipeline.configs import smoke_config
 
 
@@ -59,6 +59,18 @@ def test_callbacks_shape_the_stage_folder_and_loader_workers_do_not() -> None:
     base = stage1_folder(smoke_config(), *ids)
     assert stage1_folder(smoke_config("callbacks=early_stopping"), *ids) != base
     assert stage1_folder(smoke_config("data.stage1.num_workers=0"), *ids) == base
+
+
+def test_the_memory_format_retrains_neither_stage() -> None:
+    ids = (["a", "b"], ["c"], "identity")
+    plain, last = smoke_config(), smoke_config("model.channels_last=true")
+    assert last.model.lightning.stage1.channels_last and last.model.lightning.stage2.channels_last
+    assert stage1_folder(last, *ids) == stage1_folder(plain, *ids)
+    assert stage2_folder(last, "prior", *ids) == stage2_folder(plain, "prior", *ids)
+    # a setting that shapes the weights still moves both
+    other = smoke_config("model.loss.ce_weight=0.5")
+    assert stage1_folder(other, *ids) != stage1_folder(plain, *ids)
+    assert stage2_folder(other, "prior", *ids) != stage2_folder(plain, "prior", *ids)
 
 
 def test_the_lightning_modules_are_partials_completed_by_the_pipeline() -> None:
