@@ -8,11 +8,9 @@ from functools import partial
 import torch
 
 from cascade.lit.stage1 import Stage1Module
-from cascade.lit.stage2 import Stage2Module
-from cascade.nn.attention_unet3d import AttentionUNet3d
 from cascade.nn.losses import DiceCELoss
-from cascade.nn.residual_mix import LearnableResidualMix
 from cascade.nn.unet2d import UNet2d
+from tests.lit.modules import tiny_stage2
 
 
 def _stage1(channels_last: bool) -> Stage1Module:
@@ -22,21 +20,6 @@ def _stage1(channels_last: bool) -> Stage1Module:
         loss=DiceCELoss([1.0, 1.0, 1.0, 2.5]),
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
         scheduler=None,
-        channels_last=channels_last,
-    )
-
-
-def _stage2(channels_last: bool) -> Stage2Module:
-    torch.manual_seed(0)
-    return Stage2Module(
-        net=AttentionUNet3d(8, 4, filters=2, depth=2, norm="instance", activation="leaky_relu"),
-        mix=LearnableResidualMix(0.5),
-        loss=DiceCELoss([1.0, 1.0, 1.0, 2.5]),
-        optimizer=partial(torch.optim.AdamW, lr=1e-3),
-        scheduler=None,
-        patch_size=(8, 8, 8),
-        overlap=0.5,
-        window_batch_size=1,
         channels_last=channels_last,
     )
 
@@ -68,7 +51,7 @@ def test_stage1_trains_channels_last_and_computes_the_same() -> None:
 
 
 def test_stage2_trains_channels_last_and_computes_the_same() -> None:
-    plain, last = _stage2(False), _stage2(True)
+    plain, last = tiny_stage2(channels_last=False), tiny_stage2(channels_last=True)
     first_conv = next(p for p in last.net.parameters() if p.dim() == 5)
     assert first_conv.is_contiguous(memory_format=torch.channels_last_3d)
     batch = {
