@@ -132,6 +132,7 @@ RULES: dict[str, Rule] = {
     "synthetic.shape": sizes(3),
     "data.generator": optional(one_of("phantom", "realistic")),
     "synthetic.workers": optional(at_least(1)),
+    "synthetic.thick_slices": between(0, 1),
     "data.labels": one_of("auto", *SCHEMES),
     "data.split.val_count": optional(at_least(1)),
     "data.split.val_fraction": between(0, 1, open_low=True, open_high=True),
@@ -224,6 +225,11 @@ def agreement_problem(cfg: DictConfig) -> str | None:
         return None
     if cfg.data.generator is None:
         return "data.generate=true needs data.generator (phantom or realistic)"
+    if cfg.synthetic.thick_slices and cfg.data.generator != "realistic":
+        return (
+            f"synthetic.thick_slices={cfg.synthetic.thick_slices} needs data=realistic: the "
+            f"{cfg.data.generator} generator draws no slices"
+        )
     canvas, patch = list(cfg.synthetic.shape), list(cfg.data.stage2.patch_size)
     if any(size > room for size, room in zip(patch, canvas, strict=True)):
         return (

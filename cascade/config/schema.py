@@ -28,6 +28,7 @@ class SyntheticConfig:
     shape: list[int] = MISSING
     seed: int = MISSING
     workers: int | None = MISSING  # null: one per core of the job
+    thick_slices: float = MISSING  # realistic: probability of a sequence in thick slices
 
 
 @dataclass

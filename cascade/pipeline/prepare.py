@@ -51,6 +51,7 @@ def generate_cases(data: DictConfig, synthetic: DictConfig | None) -> tuple[int,
         synthetic.seed,
         generator=data.generator,
         workers=synthetic.workers or available_cores(),
+        thick_slices=synthetic.thick_slices,
     )
     return sum(folder.name not in there for folder in folders), len(folders)
 

@@ -1,8 +1,8 @@
 """The dataset writer: generated cases as a BraTS 2020-style folder, one process or many.
 
 ``python -m cascade.synthesis --out DIR --cases N [--generator phantom|realistic] [--shape X Y Z]
-[--seed S] [--workers W]``. Case i is drawn from its own seed, so a dataset grows without
-changing the cases it already has. Labels use the BraTS 2020 values 0, 1, 2, 4.
+[--seed S] [--workers W] [--thick-slices P]``. Case i is drawn from its own seed, so a dataset
+grows without changing the cases it already has. Labels use the BraTS 2020 values 0, 1, 2, 4.
 """
 
 from __future__ import annotations
@@ -72,19 +72,25 @@ def write_dataset(
     progress: bool = True,
     generator: str = "phantom",
     workers: int = 1,
+    thick_slices: float = 0.0,
 ) -> list[Path]:
     """Write `cases` cases as <out>/Synth_<nnn>/Synth_<nnn>_{t1,t1ce,t2,flair,seg}.nii.gz.
 
     generator: "phantom" (the ellipsoid brains of `cascade.synthesis.phantom`) or "realistic"
     (MNI152 anatomy, `cascade.synthesis.realistic`, which needs the `synthesis` extra: a
     MissingExtraError says so before any case is written); `workers` processes generate cases in
-    parallel.
+    parallel; `thick_slices` (realistic only): the probability of each sequence being acquired
+    in thick axial slices and resampled to the grid.
     Cases whose five files all exist are kept as they are. Returns the case folders in order.
     Each file is renamed into place when complete, and a lock beside `out` makes runs that
     generate the same dataset at once wait for each other, so none reads a half-written case.
     """
     if generator not in GENERATORS:
         raise ValueError(f"unknown generator {generator!r}: choose one of {', '.join(GENERATORS)}")
+    if thick_slices and generator != "realistic":
+        raise ValueError(f"thick slices are drawn by the realistic generator only, not {generator}")
+    if not 0.0 <= thick_slices <= 1.0:
+        raise ValueError(f"thick_slices must be a probability in [0, 1], got {thick_slices}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(out.parent / f".{out.name}.lock"):
@@ -96,7 +102,7 @@ def write_dataset(
         ]
         if missing and generator == "realistic":
             require_nilearn()
-        jobs = [(out, index, tuple(shape), seed, generator) for index in missing]
+        jobs = [(out, index, tuple(shape), seed, generator, thick_slices) for index in missing]
         bar = tqdm(total=len(jobs), desc="synthetic cases", unit="case", disable=not progress)
         if workers > 1 and len(jobs) > 1:
             from concurrent.futures import ProcessPoolExecutor
@@ -112,18 +118,19 @@ def write_dataset(
         return folders
 
 
-def _write_case(job: tuple[Path, int, tuple[int, ...], int, str]) -> None:
+def _write_case(job: tuple[Path, int, tuple[int, ...], int, str, float]) -> None:
     """Generate and write case `index` (a top-level function: it runs in worker processes)."""
-    out, index, shape, seed, generator = job
+    out, index, shape, seed, generator, thick_slices = job
     name = case_id(index)
     folder = out / name
     files = _case_files(folder, name)
     folder.mkdir(parents=True, exist_ok=True)
     if generator == "realistic":
-        from cascade.synthesis.realistic import generate_case as generate
+        from cascade.synthesis.realistic import generate_case
+
+        images, label = generate_case(shape, case_seed(seed, index), thick_slices)
     else:
-        generate = phantom.generate_case
-    images, label = generate(shape, case_seed(seed, index))
+        images, label = phantom.generate_case(shape, case_seed(seed, index))
     affine = lps_affine(shape)
     for modality, image in images.items():
         _save_atomic(image, affine, files[modality])
@@ -143,11 +150,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="base seed; case i uses its own")
     parser.add_argument("--generator", choices=GENERATORS, default="phantom")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
+    parser.add_argument(
+        "--thick-slices",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="realistic: the probability of each sequence being acquired in 2.5-6 mm axial "
+        "slices and resampled to the grid (default 0)",
+    )
     args = parser.parse_args(argv)
     if args.cases < 1:
         parser.error("--cases must be at least 1")
     if min(args.shape) < phantom.MIN_SIZE:
         parser.error(f"--shape sizes must be at least {phantom.MIN_SIZE}")
+    if not 0.0 <= args.thick_slices <= 1.0:
+        parser.error("--thick-slices must be a probability in [0, 1]")
+    if args.thick_slices and args.generator != "realistic":
+        parser.error("--thick-slices needs --generator realistic")
     try:
         folders = write_dataset(
             args.out,
@@ -156,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seed,
             generator=args.generator,
             workers=args.workers,
+            thick_slices=args.thick_slices,
         )
     except MissingExtraError as error:
         print(f"error: {error}")

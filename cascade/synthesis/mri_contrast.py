@@ -7,7 +7,8 @@ T1ce: an enhancing rim, vessels and dura brighter than white matter): domain ran
 manner of SynthSeg, bounded so the contrasts stay MRI-like. Healthy look-alikes of tumor
 (`cascade.synthesis.mimics`) are drawn into the healthy tissue before the tumor, and the
 cerebellum and brainstem get a brightness of their own. Then a bias field, a blur that may be
-thicker across slices (many BraTS scans were acquired in thick slices), and Rician noise.
+thicker across slices (many BraTS scans were acquired in thick slices), Rician noise and, when
+asked for, acquisition in thick axial slices resampled to the grid.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ _HINDBRAIN_LOG_GAIN = {
 # per axis (X, Y, Z): coils lose signal fastest head to foot.
 _BIAS_GRADIENT = (0.1, 0.1, 0.25)
 _WHITE_MATTER = {"t1": (300, 800), "t1ce": (300, 900), "t2": (150, 500), "flair": (150, 500)}
+# Slice thickness of a sequence acquired in thick axial slices (render_sequences' thick_slices):
+# clinical 2D scans registered to the 1 mm atlas. On TCGA-FG-6692 the change from voxel to voxel
+# across slices is half that within them, in every sequence
+# (experiments/synthetic/slice_thickness.py).
+_SLICE_THICKNESS_MM = (2.5, 6.0)
 
 
 def draw_means(rng: np.random.Generator) -> dict[str, dict[str, float]]:
@@ -55,9 +61,19 @@ def draw_means(rng: np.random.Generator) -> dict[str, dict[str, float]]:
 
 
 def render_sequences(
-    anatomy: Anatomy, label: np.ndarray, to_brats: np.ndarray, rng: np.random.Generator
+    anatomy: Anatomy,
+    label: np.ndarray,
+    to_brats: np.ndarray,
+    rng: np.random.Generator,
+    thick_slices: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    """modality -> int16 (X, Y, Z), 0 outside the brain; `label` in BraTS 2020 values."""
+    """modality -> int16 (X, Y, Z), 0 outside the brain; `label` in BraTS 2020 values.
+
+    thick_slices: the probability that a sequence is acquired in 2.5-6 mm axial slices and
+    resampled to the grid, as clinical 2D scans registered to the BraTS atlas are. Its draws
+    come from a child generator, so a case's other draws, and its label, do not depend on it."""
+    if not 0.0 <= thick_slices <= 1.0:
+        raise ValueError(f"thick_slices must be a probability in [0, 1], got {thick_slices}")
     inside = anatomy.brain >= 0.5
     box = ndimage.find_objects(inside.astype(np.uint8))[0]
     mm = float(to_brats.mean())
@@ -83,6 +99,7 @@ def render_sequences(
     hindbrain = anatomy.hindbrain[box]
     hindbrain_gain = {m: np.float32(rng.uniform(*r)) for m, r in _HINDBRAIN_LOG_GAIN.items()}
 
+    slice_rng = rng.spawn(1)[0]
     gm, wm, csf = anatomy.gm[box], anatomy.wm[box], anatomy.csf[box]
     images = {}
     for modality in MODALITIES:
@@ -99,6 +116,9 @@ def render_sequences(
         for part in ("necrosis", "enhancing", "non_enhancing"):
             values += fractions[part] * (mean[part] * (1.0 + 0.12 * tumor_texture))
         values = _acquire(values, inside[box], rng, mm)
+        if thick_slices and slice_rng.random() < thick_slices:
+            thickness = slice_rng.uniform(*_SLICE_THICKNESS_MM) / float(to_brats[2])
+            values = _thick_slices(values, inside[box], thickness, slice_rng.uniform(0, thickness))
         values *= np.float32(rng.uniform(*_WHITE_MATTER[modality]))
         values = np.clip(np.rint(values), 1, np.iinfo(np.int16).max)
         image = np.zeros(label.shape, np.int16)
@@ -203,3 +223,36 @@ def _bias_log_field(shape: tuple[int, ...], rng: np.random.Generator, mm: float)
         view[axis] = shape[axis]
         log_field += np.float32(rng.uniform(-steepest, steepest)) * ramp.reshape(view)
     return log_field
+
+
+def _thick_slices(
+    values: np.ndarray, inside: np.ndarray, thickness: float, offset: float
+) -> np.ndarray:
+    """The volume as a scanner acquiring axial slices `thickness` voxels thick (a Gaussian slice
+    profile of that full width at half maximum, one slice every `thickness` voxels from `offset`)
+    would give after linear resampling back to the grid. Signal outside the brain is left out,
+    as in `_acquire`, so the top and bottom slices do not darken."""
+    depth = values.shape[2]
+    centres = np.arange(offset, depth - 1, thickness)
+    if len(centres) < 2:
+        return values
+    sigma = thickness / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    weight = inside.astype(np.float32)
+    signal = _along_slices(ndimage.gaussian_filter1d(values * weight, sigma, axis=2), centres)
+    weight = _along_slices(ndimage.gaussian_filter1d(weight, sigma, axis=2), centres)
+    return signal / np.maximum(weight, 1e-3)
+
+
+def _along_slices(volume: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """`volume` sampled at the slice centres (axis 2, linear between voxels), then linearly
+    interpolated back to every voxel (constant beyond the first and last centre)."""
+    slices = _interpolate_depth(volume, centres)
+    position = (np.arange(volume.shape[2]) - centres[0]) / (centres[1] - centres[0])
+    return _interpolate_depth(slices, np.clip(position, 0, len(centres) - 1))
+
+
+def _interpolate_depth(volume: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    below = np.minimum(np.floor(positions).astype(int), volume.shape[2] - 1)
+    above = np.minimum(below + 1, volume.shape[2] - 1)
+    fraction = (positions - below).astype(np.float32)
+    return volume[:, :, below] * (1 - fraction) + volume[:, :, above] * fraction

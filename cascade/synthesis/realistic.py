@@ -30,8 +30,12 @@ class RealisticCase:
     plan: tumor_growth.TumorPlan
 
 
-def generate_realistic(shape: Sequence[int] = BRATS_SHAPE, seed: int = 0) -> RealisticCase:
-    """Draw one case on a grid of `shape` spanning the BraTS field of view (1 mm at 240^2 x 155)."""
+def generate_realistic(
+    shape: Sequence[int] = BRATS_SHAPE, seed: int = 0, thick_slices: float = 0.0
+) -> RealisticCase:
+    """Draw one case on a grid of `shape` spanning the BraTS field of view (1 mm at 240^2 x 155);
+    `thick_slices`: the probability of each sequence being acquired in thick axial slices
+    (`mri_contrast.render_sequences`)."""
     shape = tuple(int(size) for size in shape)
     if len(shape) != 3 or min(shape) < MIN_SIZE:
         raise ValueError(f"realistic shape must be 3 sizes of at least {MIN_SIZE}, got {shape}")
@@ -46,15 +50,17 @@ def generate_realistic(shape: Sequence[int] = BRATS_SHAPE, seed: int = 0) -> Rea
     )
     tissue = anatomy.resample_anatomy(placement, shape, mass_effect)
     tumor = tumor_growth.grow_tumor(tissue, plan, placement.to_brats, rng)
-    images = mri_contrast.render_sequences(tissue, tumor.label, placement.to_brats, rng)
+    images = mri_contrast.render_sequences(
+        tissue, tumor.label, placement.to_brats, rng, thick_slices
+    )
     return RealisticCase(images=images, label=tumor.label, anatomy=tissue, plan=plan)
 
 
 def generate_case(
-    shape: Sequence[int] = BRATS_SHAPE, seed: int = 0
+    shape: Sequence[int] = BRATS_SHAPE, seed: int = 0, thick_slices: float = 0.0
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """modality -> int16 (X, Y, Z) volume, and uint8 BraTS 2020 labels (X, Y, Z)."""
-    case = generate_realistic(shape, seed)
+    case = generate_realistic(shape, seed, thick_slices)
     return case.images, case.label
 
 

@@ -187,3 +187,9 @@ def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
         main(["--out", str(tmp_path), "--cases", "0"])
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--cases", "1", "--shape", "8", "8", "8"])
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--cases", "1", "--thick-slices", "0.5"])  # phantom
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--cases", "1", "--generator", "realistic",
+              "--thick-slices", "2"])  # fmt: skip
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -148,3 +148,49 @@ def test_bias_field_changes_most_from_head_to_foot() -> None:
         left_to_right.append(float(log_field[-5:].mean() - log_field[:5].mean()))
     assert min(head_to_foot) < -0.15 and max(head_to_foot) > 0.15
     assert np.mean(np.abs(head_to_foot)) > 1.5 * np.mean(np.abs(left_to_right))
+
+
+def test_thick_slices_smooth_across_slices_only() -> None:
+    """A thick-slice acquisition resampled to the grid: noise becomes smooth through-plane and
+    stays rough in-plane, a step between slices spreads over about a slice, the mean level and
+    the brain's edge slices keep their brightness."""
+    from cascade.synthesis.mri_contrast import _thick_slices
+
+    rng = np.random.default_rng(0)
+    inside = np.zeros((24, 24, 40), bool)
+    inside[:, :, 5:35] = True
+    noise = (1.0 + 0.1 * rng.standard_normal(inside.shape)).astype(np.float32)
+    thick = _thick_slices(noise, inside, thickness=4.0, offset=1.3)
+    assert thick.shape == noise.shape
+    in_plane = np.abs(np.diff(thick[:, :, 5:35], axis=0)).mean()
+    through_plane = np.abs(np.diff(thick[:, :, 5:35], axis=2)).mean()
+    assert through_plane < 0.5 * in_plane
+    assert abs(thick[inside].mean() - 1.0) < 0.01
+    assert abs(thick[:, :, 5].mean() - 1.0) < 0.05  # no darkening at the brain's top slice
+
+    step = np.where(np.arange(40) < 20, 1.0, 2.0).astype(np.float32) * np.ones_like(noise)
+    profile = _thick_slices(step, np.ones(step.shape, bool), thickness=4.0, offset=0.5)[0, 0]
+    rising = np.flatnonzero((profile > 1.05) & (profile < 1.95))
+    assert 3 <= len(rising) <= 9  # a slice's width, not one voxel and not the whole volume
+    assert profile[:12] == pytest.approx(1.0, abs=0.005)
+    assert profile[-12:] == pytest.approx(2.0, abs=0.005)
+
+
+def test_thick_slices_change_only_the_images() -> None:
+    """The slices' draws come from a child generator: a case with every sequence in thick
+    slices has the same labels and brain as the one without, and only its images differ; with
+    none, the case is the one drawn before the option existed (the child draws nothing)."""
+    thin_images, thin_label = generate_case((64, 64, 48), seed=3)
+    thick_images, thick_label = generate_case((64, 64, 48), seed=3, thick_slices=1.0)
+    assert np.array_equal(thin_label, thick_label)
+    for modality in MODALITIES:
+        assert np.array_equal(thin_images[modality] > 0, thick_images[modality] > 0)
+        assert not np.array_equal(thin_images[modality], thick_images[modality])
+    with pytest.raises(ValueError, match="probability"):
+        generate_case((64, 64, 48), seed=3, thick_slices=1.5)
+
+
+def test_thick_slices_are_a_realistic_option(tmp_path: Path) -> None:
+    """Only the realistic generator draws thick slices; asked of the phantom, it says so."""
+    with pytest.raises(ValueError, match="realistic generator only"):
+        write_dataset(tmp_path / "d", 1, (48, 48, 48), thick_slices=0.5, progress=False)
