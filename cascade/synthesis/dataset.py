@@ -163,10 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--cases must be at least 1")
     if min(args.shape) < phantom.MIN_SIZE:
         parser.error(f"--shape sizes must be at least {phantom.MIN_SIZE}")
-    if not 0.0 <= args.thick_slices <= 1.0:
-        parser.error("--thick-slices must be a probability in [0, 1]")
-    if args.thick_slices and args.generator != "realistic":
-        parser.error("--thick-slices needs --generator realistic")
     try:
         folders = write_dataset(
             args.out,
@@ -180,5 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingExtraError as error:
         print(f"error: {error}")
         return 2
+    except ValueError as error:  # a setting write_dataset refuses before writing anything
+        parser.error(str(error))
     print(f"{len(folders)} synthetic cases in {args.out}")
     return 0

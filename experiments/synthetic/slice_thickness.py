@@ -1,11 +1,12 @@
 """How much smoother a scan is across axial slices than within them, without reading a label.
 
 python experiments/synthetic/slice_thickness.py CASES [--picture OUT.png]
-CASES holds case folders (or is one). Per case and sequence: the median absolute difference of
-neighbouring brain voxels along each axis, over the median absolute deviation of the brain's
-intensities, and the ratio of the through-plane (z) figure to the left-right (x) one. A scan
-acquired in 1 mm isotropic voxels gives a ratio near 1; one acquired in thick axial slices and
-resampled to 1 mm gives less, since its noise and edges were interpolated between slices.
+CASES: case or dataset folders of any supported release. Per case and sequence: the median
+absolute difference of neighbouring brain voxels along each axis, over the median absolute
+deviation of the brain's intensities, and the ratio of the through-plane (z) figure to the
+left-right (x) one. A scan acquired in 1 mm isotropic voxels gives a ratio near 1; one acquired
+in thick axial slices and resampled to 1 mm gives less, since its noise and edges were
+interpolated between slices.
 --picture draws a coronal FLAIR slice of every case side by side, where the slices show.
 """
 
@@ -14,10 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-SEQUENCES = ("t1", "t1ce", "t2", "flair")
+from cascade.data.cases import MODALITIES, Case, read_modality
+from cascade.data.discovery import scan_cases
 
 
 def neighbour_change(volume: np.ndarray) -> tuple[float, float, float]:
@@ -34,29 +35,25 @@ def neighbour_change(volume: np.ndarray) -> tuple[float, float, float]:
     return changes[0], changes[1], changes[2]
 
 
-def case_folders(root: Path) -> list[Path]:
-    folders = sorted(path for path in root.iterdir() if path.is_dir())
-    return folders or [root]
+def title(case: Case) -> str:
+    """The case id after its dataset folder's name (generated sets reuse ids)."""
+    return f"{case.images['flair'].parent.parent.name}/{case.case_id}"
 
 
-def sequence_file(folder: Path, sequence: str) -> Path:
-    return folder / f"{folder.name}_{sequence}.nii.gz"
-
-
-def save_picture(folders: list[Path], out: Path) -> None:
+def save_picture(cases: list[Case], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(folders), figsize=(3.0 * len(folders), 2.6))
-    for axis, folder in zip(np.atleast_1d(axes), folders, strict=True):
-        flair = np.asarray(nib.load(sequence_file(folder, "flair")).dataobj, dtype=np.float32)
+    figure, axes = plt.subplots(1, len(cases), figsize=(3.0 * len(cases), 2.6))
+    for axis, case in zip(np.atleast_1d(axes), cases, strict=True):
+        flair = read_modality(case, "flair").astype(np.float32)
         y = int(np.argmax((flair > 0).sum(axis=(0, 2))))  # the widest coronal slice
         section = flair[:, y, :].T[::-1]  # superior up
         low, high = np.percentile(flair[flair > 0], [0.5, 99.5])
         axis.imshow(np.clip((section - low) / (high - low), 0, 1), cmap="gray", aspect="equal")
-        axis.set_title(f"{folder.parent.name}/{folder.name}: FLAIR, coronal", fontsize=8)
+        axis.set_title(f"{title(case)}: FLAIR, coronal", fontsize=8)
         axis.axis("off")
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,18 +65,22 @@ def main() -> int:
     parser.add_argument("cases", type=Path, nargs="+", help="case folders or dataset folders")
     parser.add_argument("--picture", type=Path, default=None)
     args = parser.parse_args()
-    folders = [folder for root in args.cases for folder in case_folders(root)]
-    print("| case | " + " | ".join(f"{s} x / y / z (z/x)" for s in SEQUENCES) + " |")
-    print("|---|" + "---|" * len(SEQUENCES))
-    for folder in folders:
+    cases = []
+    for root in args.cases:
+        found, problems = scan_cases(root)
+        for problem in problems:
+            print(f"skipped: {problem}")
+        cases += found
+    print("| case | " + " | ".join(f"{m} x / y / z (z/x)" for m in MODALITIES) + " |")
+    print("|---|" + "---|" * len(MODALITIES))
+    for case in cases:
         cells = []
-        for sequence in SEQUENCES:
-            volume = np.asarray(nib.load(sequence_file(folder, sequence)).dataobj, np.float32)
-            x, y, z = neighbour_change(volume)
+        for modality in MODALITIES:
+            x, y, z = neighbour_change(read_modality(case, modality).astype(np.float32))
             cells.append(f"{x:.2f} / {y:.2f} / {z:.2f} ({z / x:.2f})")
-        print(f"| {folder.parent.name}/{folder.name} | " + " | ".join(cells) + " |")
+        print(f"| {title(case)} | " + " | ".join(cells) + " |")
     if args.picture is not None:
-        save_picture(folders, args.picture)
+        save_picture(cases, args.picture)
         print(f"wrote {args.picture}")
     return 0
 

@@ -178,8 +178,7 @@ def test_thick_slices_smooth_across_slices_only() -> None:
 
 def test_thick_slices_change_only_the_images() -> None:
     """The slices' draws come from a child generator: a case with every sequence in thick
-    slices has the same labels and brain as the one without, and only its images differ; with
-    none, the case is the one drawn before the option existed (the child draws nothing)."""
+    slices has the same labels and brain as the one without, and only its images differ."""
     thin_images, thin_label = generate_case((64, 64, 48), seed=3)
     thick_images, thick_label = generate_case((64, 64, 48), seed=3, thick_slices=1.0)
     assert np.array_equal(thin_label, thick_label)
