@@ -181,6 +181,8 @@ def test_a_mistyped_key_on_the_command_line_is_named(override, message) -> None:
         ("data.stage1.flip_probability=1.5", "must be in [0, 1]"),
         ("data.stage2.perturbation.p=-0.1", "must be in [0, 1]"),
         ("synthetic.thick_slices=1.2", "must be in [0, 1]"),
+        ("synthetic.faint_patches=-0.5", "must be in [0, 1]"),
+        ("synthetic.contrast_floor=1.5", "must be in (0, 1]"),
         ("data.stage1.slab_size=[80,80,80]", "must hold 2 values"),
         ("data.stage2.patch_size=[48,48]", "must hold 3 values"),
         (
@@ -213,11 +215,16 @@ def test_tumor_and_lookalike_slabs_may_not_share_more_than_all_slabs() -> None:
     assert config_error("+experiment=demo", "data.stage1.lookalike_fraction=0.5") is None
 
 
-def test_thick_slices_need_the_realistic_generator() -> None:
+def test_scan_variation_needs_the_realistic_generator() -> None:
     assert config_error("+experiment=smoke", "synthetic.thick_slices=0.5") == (
         "synthetic.thick_slices=0.5 needs data=realistic: the phantom generator draws no slices"
     )
-    assert config_error("+experiment=demo", "synthetic.thick_slices=0.5") is None
+    assert config_error("+experiment=smoke", "synthetic.contrast_floor=0.5") == (
+        "synthetic.contrast_floor=0.5 needs data=realistic: the phantom generator draws no "
+        "contrasts"
+    )
+    for override in ("thick_slices=0.5", "faint_patches=0.7", "contrast_floor=0.5"):
+        assert config_error("+experiment=demo", f"synthetic.{override}") is None
 
 
 def test_a_mistyped_interpolation_is_named(tmp_path) -> None:

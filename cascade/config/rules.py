@@ -133,6 +133,8 @@ RULES: dict[str, Rule] = {
     "data.generator": optional(one_of("phantom", "realistic")),
     "synthetic.workers": optional(at_least(1)),
     "synthetic.thick_slices": between(0, 1),
+    "synthetic.faint_patches": between(0, 1),
+    "synthetic.contrast_floor": between(0, 1, open_low=True),
     "data.labels": one_of("auto", *SCHEMES),
     "data.split.val_count": optional(at_least(1)),
     "data.split.val_fraction": between(0, 1, open_low=True, open_high=True),
@@ -201,6 +203,13 @@ RULES: dict[str, Rule] = {
     "postprocessing.min_enhancing_voxels": optional(at_least(0)),
 }
 
+# synthetic keys only the realistic generator draws: key, its off value, what it draws
+_REALISTIC_ONLY = (
+    ("thick_slices", 0.0, "slices"),
+    ("faint_patches", 0.0, "faint patches"),
+    ("contrast_floor", 1.0, "contrasts"),
+)
+
 
 def agreement_problem(cfg: DictConfig) -> str | None:
     """Rules between keys."""
@@ -225,11 +234,13 @@ def agreement_problem(cfg: DictConfig) -> str | None:
         return None
     if cfg.data.generator is None:
         return "data.generate=true needs data.generator (phantom or realistic)"
-    if cfg.synthetic.thick_slices and cfg.data.generator != "realistic":
-        return (
-            f"synthetic.thick_slices={cfg.synthetic.thick_slices} needs data=realistic: the "
-            f"{cfg.data.generator} generator draws no slices"
-        )
+    if cfg.data.generator != "realistic":
+        for key, default, drawn in _REALISTIC_ONLY:
+            if cfg.synthetic[key] != default:
+                return (
+                    f"synthetic.{key}={cfg.synthetic[key]} needs data=realistic: the "
+                    f"{cfg.data.generator} generator draws no {drawn}"
+                )
     canvas, patch = list(cfg.synthetic.shape), list(cfg.data.stage2.patch_size)
     if any(size > room for size, room in zip(patch, canvas, strict=True)):
         return (

@@ -29,6 +29,8 @@ class SyntheticConfig:
     seed: int = MISSING
     workers: int | None = MISSING  # null: one per core of the job
     thick_slices: float = MISSING  # realistic: probability of a sequence in thick slices
+    faint_patches: float = MISSING  # realistic: probability of a case with faint bright patches
+    contrast_floor: float = MISSING  # realistic: contrast shrunk by a factor in [floor, 1]
 
 
 @dataclass

@@ -24,6 +24,7 @@ from cascade.data.split import read_case_list, read_split, split_cases, write_sp
 from cascade.data.validation import resolve_scheme, with_scheme
 from cascade.ranks import is_global_zero
 from cascade.synthesis.dataset import write_dataset
+from cascade.synthesis.variation import ScanVariation
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ def generate_cases(data: DictConfig, synthetic: DictConfig | None) -> tuple[int,
         synthetic.seed,
         generator=data.generator,
         workers=synthetic.workers or available_cores(),
-        thick_slices=synthetic.thick_slices,
+        variation=ScanVariation(
+            synthetic.thick_slices, synthetic.faint_patches, synthetic.contrast_floor
+        ),
     )
     return sum(folder.name not in there for folder in folders), len(folders)
 

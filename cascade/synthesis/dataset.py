@@ -1,8 +1,9 @@
 """The dataset writer: generated cases as a BraTS 2020-style folder, one process or many.
 
 ``python -m cascade.synthesis --out DIR --cases N [--generator phantom|realistic] [--shape X Y Z]
-[--seed S] [--workers W] [--thick-slices P]``. Case i is drawn from its own seed, so a dataset
-grows without changing the cases it already has. Labels use the BraTS 2020 values 0, 1, 2, 4.
+[--seed S] [--workers W] [--thick-slices P] [--faint-patches P] [--contrast-floor C]``. Case i
+is drawn from its own seed, so a dataset grows without changing the cases it already has. Labels
+use the BraTS 2020 values 0, 1, 2, 4.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cascade.io import atomic_path
 from cascade.synthesis import phantom
 from cascade.synthesis.anatomy import MissingExtraError, require_nilearn
 from cascade.synthesis.fields import BRATS_SHAPE
+from cascade.synthesis.variation import NO_VARIATION, ScanVariation
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -72,25 +74,26 @@ def write_dataset(
     progress: bool = True,
     generator: str = "phantom",
     workers: int = 1,
-    thick_slices: float = 0.0,
+    variation: ScanVariation = NO_VARIATION,
 ) -> list[Path]:
     """Write `cases` cases as <out>/Synth_<nnn>/Synth_<nnn>_{t1,t1ce,t2,flair,seg}.nii.gz.
 
     generator: "phantom" (the ellipsoid brains of `cascade.synthesis.phantom`) or "realistic"
     (MNI152 anatomy, `cascade.synthesis.realistic`, which needs the `synthesis` extra: a
     MissingExtraError says so before any case is written); `workers` processes generate cases in
-    parallel; `thick_slices` (realistic only): the probability of each sequence being acquired
-    in thick axial slices and resampled to the grid.
+    parallel; `variation` (realistic only): thick slices, faint bright patches, lower contrast
+    (`cascade.synthesis.variation`).
     Cases whose five files all exist are kept as they are. Returns the case folders in order.
     Each file is renamed into place when complete, and a lock beside `out` makes runs that
     generate the same dataset at once wait for each other, so none reads a half-written case.
     """
     if generator not in GENERATORS:
         raise ValueError(f"unknown generator {generator!r}: choose one of {', '.join(GENERATORS)}")
-    if thick_slices and generator != "realistic":
-        raise ValueError(f"thick slices are drawn by the realistic generator only, not {generator}")
-    if not 0.0 <= thick_slices <= 1.0:
-        raise ValueError(f"thick_slices must be a probability in [0, 1], got {thick_slices}")
+    if variation.changed() and generator != "realistic":
+        raise ValueError(
+            f"{', '.join(variation.changed())}: drawn by the realistic generator only, "
+            f"not {generator}"
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(out.parent / f".{out.name}.lock"):
@@ -102,7 +105,7 @@ def write_dataset(
         ]
         if missing and generator == "realistic":
             require_nilearn()
-        jobs = [(out, index, tuple(shape), seed, generator, thick_slices) for index in missing]
+        jobs = [(out, index, tuple(shape), seed, generator, variation) for index in missing]
         bar = tqdm(total=len(jobs), desc="synthetic cases", unit="case", disable=not progress)
         if workers > 1 and len(jobs) > 1:
             from concurrent.futures import ProcessPoolExecutor
@@ -118,9 +121,9 @@ def write_dataset(
         return folders
 
 
-def _write_case(job: tuple[Path, int, tuple[int, ...], int, str, float]) -> None:
+def _write_case(job: tuple[Path, int, tuple[int, ...], int, str, ScanVariation]) -> None:
     """Generate and write case `index` (a top-level function: it runs in worker processes)."""
-    out, index, shape, seed, generator, thick_slices = job
+    out, index, shape, seed, generator, variation = job
     name = case_id(index)
     folder = out / name
     files = _case_files(folder, name)
@@ -128,7 +131,7 @@ def _write_case(job: tuple[Path, int, tuple[int, ...], int, str, float]) -> None
     if generator == "realistic":
         from cascade.synthesis.realistic import generate_case
 
-        images, label = generate_case(shape, case_seed(seed, index), thick_slices)
+        images, label = generate_case(shape, case_seed(seed, index), variation)
     else:
         images, label = phantom.generate_case(shape, case_seed(seed, index))
     affine = lps_affine(shape)
@@ -158,12 +161,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="realistic: the probability of each sequence being acquired in 2.5-6 mm axial "
         "slices and resampled to the grid (default 0)",
     )
+    parser.add_argument(
+        "--faint-patches",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="realistic: the probability of a case having faint FLAIR- and T2-bright patches "
+        "of healthy tissue (default 0)",
+    )
+    parser.add_argument(
+        "--contrast-floor",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="realistic: shrink each sequence's contrast towards white matter by a factor "
+        "drawn from [C, 1] (default 1: unchanged)",
+    )
     args = parser.parse_args(argv)
     if args.cases < 1:
         parser.error("--cases must be at least 1")
     if min(args.shape) < phantom.MIN_SIZE:
         parser.error(f"--shape sizes must be at least {phantom.MIN_SIZE}")
     try:
+        variation = ScanVariation(args.thick_slices, args.faint_patches, args.contrast_floor)
         folders = write_dataset(
             args.out,
             args.cases,
@@ -171,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seed,
             generator=args.generator,
             workers=args.workers,
-            thick_slices=args.thick_slices,
+            variation=variation,
         )
     except MissingExtraError as error:
         print(f"error: {error}")

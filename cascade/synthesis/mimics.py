@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from cascade.synthesis.anatomy import Anatomy
+from cascade.synthesis.fields import smooth_noise
 
 # Chance that a case has each look-alike.
 _PROBABILITY: dict[str, float] = {
@@ -99,3 +100,32 @@ def _surface_residue(
     layer = np.clip(1.0 - anatomy.depth_mm[box] / thickness, 0.0, 1.0)
     coverage = np.clip(1.5 * field(25.0) - np.float32(rng.uniform(-0.5, 1.0)), 0.0, 1.0)
     return layer * coverage * (anatomy.brain[box] >= 0.5)
+
+
+# Faint hyperintensity of healthy tissue (`faint_hyperintensity`): mean intensity ranges relative
+# to white matter, the size of its patches and how deep they lie.
+# fmt: off
+_FAINT_RANGES = {"t1": (0.75, 0.95), "t1ce": (0.80, 1.00), "t2": (1.10, 1.45), "flair": (1.10, 1.45)}  # noqa: E501
+# fmt: on
+_FAINT_CELL_MM = (6.0, 14.0)
+_FAINT_MIN_DEPTH_MM = 6.0
+
+
+def faint_hyperintensity(
+    anatomy: Anatomy, box: tuple[slice, ...], rng: np.random.Generator, mm: float, chance: float
+) -> tuple[np.ndarray, dict[str, float]] | None:
+    """With probability `chance`, patches of healthy grey and white matter 10-45 % brighter than
+    white matter on FLAIR and T2 (fraction in `box`, means per sequence); else None.
+
+    A real brain's stray tumor sits on tissue this bright (the internal capsules, insulae and
+    deep grey matter of TCGA-FG-6692, read without its label), fainter than the white-matter
+    lesions above and as faint as the edge of edema: only context tells them apart."""
+    if chance <= 0.0 or rng.random() >= chance:
+        return None
+    means = {modality: float(rng.uniform(*r)) for modality, r in _FAINT_RANGES.items()}
+    cell = rng.uniform(*_FAINT_CELL_MM) / mm
+    threshold = np.float32(rng.uniform(0.6, 1.8))
+    patches = np.clip((smooth_noise(rng, anatomy.wm[box].shape, cell) - threshold) / 0.5, 0, 1)
+    tissue = np.clip(anatomy.wm[box] + anatomy.gm[box], 0.0, 1.0)
+    deep = anatomy.depth_mm[box] > _FAINT_MIN_DEPTH_MM
+    return (patches * tissue * deep).astype(np.float32), means

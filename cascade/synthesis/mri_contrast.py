@@ -8,7 +8,8 @@ manner of SynthSeg, bounded so the contrasts stay MRI-like. Healthy look-alikes 
 (`cascade.synthesis.mimics`) are drawn into the healthy tissue before the tumor, and the
 cerebellum and brainstem get a brightness of their own. Then a bias field, a blur that may be
 thicker across slices (many BraTS scans were acquired in thick slices), Rician noise and, when
-asked for, acquisition in thick axial slices resampled to the grid.
+asked for (`ScanVariation`), faint bright patches of healthy tissue, a lower contrast and
+acquisition in thick axial slices resampled to the grid.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from scipy import ndimage
 from cascade.data.cases import MODALITIES
 from cascade.synthesis.anatomy import Anatomy
 from cascade.synthesis.fields import smooth_noise
-from cascade.synthesis.mimics import draw_mimic_means, mimic_fractions
+from cascade.synthesis.mimics import draw_mimic_means, faint_hyperintensity, mimic_fractions
+from cascade.synthesis.variation import NO_VARIATION, ScanVariation
 
 # Mean intensity ranges relative to white matter (= 1).
 # csf, gm, edema, necrosis, enhancing, non-enhancing core, vessels and dura
@@ -45,7 +47,7 @@ _HINDBRAIN_LOG_GAIN = {
 # per axis (X, Y, Z): coils lose signal fastest head to foot.
 _BIAS_GRADIENT = (0.1, 0.1, 0.25)
 _WHITE_MATTER = {"t1": (300, 800), "t1ce": (300, 900), "t2": (150, 500), "flair": (150, 500)}
-# Slice thickness of a sequence acquired in thick axial slices (render_sequences' thick_slices):
+# Slice thickness of a sequence acquired in thick axial slices (ScanVariation.thick_slices):
 # clinical 2D scans registered to the 1 mm atlas. On TCGA-FG-6692 the change from voxel to voxel
 # across slices is half that within them, in every sequence
 # (experiments/synthetic/slice_thickness.py).
@@ -65,15 +67,13 @@ def render_sequences(
     label: np.ndarray,
     to_brats: np.ndarray,
     rng: np.random.Generator,
-    thick_slices: float = 0.0,
+    variation: ScanVariation = NO_VARIATION,
 ) -> dict[str, np.ndarray]:
     """modality -> int16 (X, Y, Z), 0 outside the brain; `label` in BraTS 2020 values.
 
-    thick_slices: the probability that a sequence is acquired in 2.5-6 mm axial slices and
-    resampled to the grid, as clinical 2D scans registered to the BraTS atlas are. Its draws
-    come from a child generator, so a case's other draws, and its label, do not depend on it."""
-    if not 0.0 <= thick_slices <= 1.0:
-        raise ValueError(f"thick_slices must be a probability in [0, 1], got {thick_slices}")
+    variation: what this case may vary beyond the defaults (`ScanVariation`): thick axial
+    slices, faint bright patches of healthy tissue, lower contrast. Each kind draws from its own
+    child generator, so a case's other draws, and its label, do not depend on it."""
     inside = anatomy.brain >= 0.5
     box = ndimage.find_objects(inside.astype(np.uint8))[0]
     mm = float(to_brats.mean())
@@ -99,7 +99,12 @@ def render_sequences(
     hindbrain = anatomy.hindbrain[box]
     hindbrain_gain = {m: np.float32(rng.uniform(*r)) for m, r in _HINDBRAIN_LOG_GAIN.items()}
 
-    slice_rng = rng.spawn(1)[0]
+    # one child generator per kind of variation, spawned whether or not it is on
+    slice_rng, faint_rng, contrast_rng = (rng.spawn(1)[0] for _ in range(3))
+    faint = faint_hyperintensity(anatomy, box, faint_rng, mm, variation.faint_patches)
+    contrast = {
+        m: np.float32(contrast_rng.uniform(variation.contrast_floor, 1.0)) for m in MODALITIES
+    }
     gm, wm, csf = anatomy.gm[box], anatomy.wm[box], anatomy.csf[box]
     images = {}
     for modality in MODALITIES:
@@ -110,13 +115,18 @@ def render_sequences(
         for name, fraction in mimics.items():
             if modality in mimic_means[name]:
                 healthy += fraction * (mimic_means[name][modality] * texture - healthy)
+        if faint is not None:
+            fraction, faint_means = faint
+            healthy += fraction * (faint_means[modality] * texture - healthy)
         tumor_free = 1.0 - fractions["edema"] - fractions["core"]
         edema = healthy + edema_strength * (mean["edema"] - healthy)
         values = tumor_free * healthy + fractions["edema"] * edema
         for part in ("necrosis", "enhancing", "non_enhancing"):
             values += fractions[part] * (mean[part] * (1.0 + 0.12 * tumor_texture))
+        if contrast[modality] < 1.0:  # a lower-contrast scan: all of it nearer white matter
+            values = 1.0 + contrast[modality] * (values - 1.0)
         values = _acquire(values, inside[box], rng, mm)
-        if thick_slices and slice_rng.random() < thick_slices:
+        if variation.thick_slices and slice_rng.random() < variation.thick_slices:
             thickness = slice_rng.uniform(*_SLICE_THICKNESS_MM) / float(to_brats[2])
             values = _thick_slices(values, inside[box], thickness, slice_rng.uniform(0, thickness))
         values *= np.float32(rng.uniform(*_WHITE_MATTER[modality]))

@@ -14,6 +14,7 @@ import numpy as np
 
 from cascade.synthesis import anatomy, mri_contrast, tumor_growth
 from cascade.synthesis.fields import BRATS_SHAPE
+from cascade.synthesis.variation import NO_VARIATION, ScanVariation
 
 MIN_SIZE = 48  # coarser grids lose the cortex the template is for
 _SECOND_FOCUS_MM = (15.0, 35.0)
@@ -31,11 +32,10 @@ class RealisticCase:
 
 
 def generate_realistic(
-    shape: Sequence[int] = BRATS_SHAPE, seed: int = 0, thick_slices: float = 0.0
+    shape: Sequence[int] = BRATS_SHAPE, seed: int = 0, variation: ScanVariation = NO_VARIATION
 ) -> RealisticCase:
     """Draw one case on a grid of `shape` spanning the BraTS field of view (1 mm at 240^2 x 155);
-    `thick_slices`: the probability of each sequence being acquired in thick axial slices
-    (`mri_contrast.render_sequences`)."""
+    `variation`: what it may vary beyond the defaults (`mri_contrast.render_sequences`)."""
     shape = tuple(int(size) for size in shape)
     if len(shape) != 3 or min(shape) < MIN_SIZE:
         raise ValueError(f"realistic shape must be 3 sizes of at least {MIN_SIZE}, got {shape}")
@@ -50,17 +50,15 @@ def generate_realistic(
     )
     tissue = anatomy.resample_anatomy(placement, shape, mass_effect)
     tumor = tumor_growth.grow_tumor(tissue, plan, placement.to_brats, rng)
-    images = mri_contrast.render_sequences(
-        tissue, tumor.label, placement.to_brats, rng, thick_slices
-    )
+    images = mri_contrast.render_sequences(tissue, tumor.label, placement.to_brats, rng, variation)
     return RealisticCase(images=images, label=tumor.label, anatomy=tissue, plan=plan)
 
 
 def generate_case(
-    shape: Sequence[int] = BRATS_SHAPE, seed: int = 0, thick_slices: float = 0.0
+    shape: Sequence[int] = BRATS_SHAPE, seed: int = 0, variation: ScanVariation = NO_VARIATION
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """modality -> int16 (X, Y, Z) volume, and uint8 BraTS 2020 labels (X, Y, Z)."""
-    case = generate_realistic(shape, seed, thick_slices)
+    case = generate_realistic(shape, seed, variation)
     return case.images, case.label
 
 

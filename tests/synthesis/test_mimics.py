@@ -9,6 +9,7 @@ from scipy import ndimage
 from cascade.synthesis import mimics
 from cascade.synthesis.fields import smooth_noise
 from cascade.synthesis.realistic import generate_realistic
+from cascade.synthesis.variation import ScanVariation
 
 SHAPE = (96, 96, 62)  # 2.5 mm voxels over the BraTS field of view
 MM = 2.5
@@ -81,3 +82,61 @@ def test_white_matter_lesions_make_periventricular_tissue_flair_bright_yet_healt
         monkeypatch.setattr(mimics, "_PROBABILITY", forced)
         with_lesions.append(_periventricular_flair_ratio(generate_realistic(SHAPE, seed=seed)))
     assert np.mean(with_lesions) > np.mean(without) + 0.05, (with_lesions, without)
+
+
+def _faint(case, seed: int, chance: float = 0.7):
+    inside = case.anatomy.brain >= 0.5
+    box = ndimage.find_objects(inside.astype(np.uint8))[0]
+    rng = np.random.default_rng(seed)
+    return box, mimics.faint_hyperintensity(case.anatomy, box, rng, MM, chance)
+
+
+def test_faint_patches_lie_deep_in_tissue_at_a_faint_brightness(case) -> None:
+    drawn = [_faint(case, seed) for seed in range(10)]
+    present = [(box, faint) for box, faint in drawn if faint is not None]
+    assert 0 < len(present) < len(drawn)  # some cases have them, not all
+    assert all(_faint(case, seed, chance=0.0)[1] is None for seed in range(10))
+    for box, (fraction, means) in present:
+        assert fraction.dtype == np.float32
+        assert fraction.min() >= 0.0 and fraction.max() <= 1.0
+        assert fraction.max() > 0.5
+        tissue = case.anatomy.wm[box] + case.anatomy.gm[box]
+        assert (fraction[tissue == 0] == 0).all()
+        assert (fraction[case.anatomy.depth_mm[box] <= 6.0] == 0).all()
+        # brighter than white matter on FLAIR and T2, no brighter than faint edema
+        assert 1.1 <= means["flair"] <= 1.45 and 1.1 <= means["t2"] <= 1.45
+        assert means["t1"] < 1.0
+    seed = next(s for s, (_, faint) in enumerate(drawn) if faint is not None)
+    _, again = _faint(case, seed)
+    first = drawn[seed][1]
+    assert np.array_equal(again[0], first[0]) and again[1] == first[1]
+
+
+def test_faint_patches_brighten_healthy_tissue_and_nothing_else() -> None:
+    """The same seed with and without: the same label, FLAIR and T2 brighter where the patches
+    lie, and every voxel beyond the blur's reach of them unchanged (the patches draw from their
+    own generator)."""
+    plain = generate_realistic(SHAPE, seed=2)
+    faint = generate_realistic(SHAPE, seed=2, variation=ScanVariation(faint_patches=1.0))
+    assert np.array_equal(plain.label, faint.label)
+    inside = plain.anatomy.brain >= 0.5
+    box = ndimage.find_objects(inside.astype(np.uint8))[0]
+    fraction, _ = mimics.faint_hyperintensity(plain.anatomy, box, _faint_child(2), MM, 1.0)
+    healthy_white = (plain.label == 0) & (plain.anatomy.wm > 0.8)
+    patches = np.zeros(plain.label.shape, bool)
+    patches[box] = fraction > 0.8
+    patches &= healthy_white
+    away = healthy_white.copy()
+    away[box] &= ~ndimage.binary_dilation(fraction > 0, iterations=4)
+    assert patches.sum() > 20 and away.sum() > 20
+    for modality in ("flair", "t2"):
+        before, after = plain.images[modality].astype(float), faint.images[modality].astype(float)
+        assert np.median(after[patches] / before[patches]) > 1.05, modality
+        assert np.array_equal(before[away], after[away]), modality
+
+
+def _faint_child(seed: int) -> np.random.Generator:
+    """The patches' generator as render_sequences spawns it for a case of `seed`: the second
+    child, after the thick slices'."""
+    rng = np.random.default_rng(seed)
+    return rng.spawn(2)[1]

@@ -190,6 +190,9 @@ def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--cases", "1", "--thick-slices", "0.5"])  # phantom
     with pytest.raises(SystemExit):
-        main(["--out", str(tmp_path), "--cases", "1", "--generator", "realistic",
-              "--thick-slices", "2"])  # fmt: skip
+        main(["--out", str(tmp_path), "--cases", "1", "--faint-patches", "0.7"])  # phantom
+    for flag, value in (("--thick-slices", "2"), ("--faint-patches", "2"),
+                        ("--contrast-floor", "0")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path), "--cases", "1", "--generator", "realistic", flag, value])
     assert not any(tmp_path.iterdir())  # nothing written

@@ -12,6 +12,7 @@ from cascade.data.cases import MODALITIES
 from cascade.synthesis import anatomy, tumor_growth
 from cascade.synthesis.dataset import write_dataset
 from cascade.synthesis.realistic import generate_case, generate_realistic
+from cascade.synthesis.variation import ScanVariation
 
 # A coarse grid over the BraTS field of view (2.5 mm voxels): the same anatomy, 1/16 the voxels.
 SHAPE = (96, 96, 62)
@@ -180,16 +181,66 @@ def test_thick_slices_change_only_the_images() -> None:
     """The slices' draws come from a child generator: a case with every sequence in thick
     slices has the same labels and brain as the one without, and only its images differ."""
     thin_images, thin_label = generate_case((64, 64, 48), seed=3)
-    thick_images, thick_label = generate_case((64, 64, 48), seed=3, thick_slices=1.0)
+    thick = ScanVariation(thick_slices=1.0)
+    thick_images, thick_label = generate_case((64, 64, 48), seed=3, variation=thick)
     assert np.array_equal(thin_label, thick_label)
     for modality in MODALITIES:
         assert np.array_equal(thin_images[modality] > 0, thick_images[modality] > 0)
         assert not np.array_equal(thin_images[modality], thick_images[modality])
     with pytest.raises(ValueError, match="probability"):
-        generate_case((64, 64, 48), seed=3, thick_slices=1.5)
+        ScanVariation(thick_slices=1.5)
 
 
-def test_thick_slices_are_a_realistic_option(tmp_path: Path) -> None:
-    """Only the realistic generator draws thick slices; asked of the phantom, it says so."""
-    with pytest.raises(ValueError, match="realistic generator only"):
-        write_dataset(tmp_path / "d", 1, (48, 48, 48), thick_slices=0.5, progress=False)
+def test_variation_is_a_realistic_option(tmp_path: Path) -> None:
+    """Only the realistic generator varies its scans; asked of the phantom, it says so, and
+    writes nothing."""
+    for variation in (ScanVariation(thick_slices=0.5), ScanVariation(contrast_floor=0.5)):
+        with pytest.raises(ValueError, match="realistic generator only"):
+            write_dataset(tmp_path / "d", 1, (48, 48, 48), variation=variation, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_variation_checks_its_values() -> None:
+    assert ScanVariation().changed() == []
+    assert ScanVariation(faint_patches=0.7, contrast_floor=0.5).changed() == [
+        "faint_patches=0.7",
+        "contrast_floor=0.5",
+    ]
+    with pytest.raises(ValueError, match="faint_patches must be a probability"):
+        ScanVariation(faint_patches=-0.1)
+    for floor in (0.0, 1.2):
+        with pytest.raises(ValueError, match="contrast_floor must be in"):
+            ScanVariation(contrast_floor=floor)
+
+
+def _contrast(case: object, modality: str, region: np.ndarray) -> float:
+    """How far a region's median lies from healthy white matter's, relative to it."""
+    image = case.images[modality].astype(float)
+    white = (case.anatomy.wm > 0.9) & (case.label == 0)
+    return _median(image, region) / _median(image, white) - 1.0
+
+
+def test_contrast_floor_shrinks_every_contrast_towards_white_matter() -> None:
+    """The same case at full contrast and with a floor of 0.3: the same label and brain; on
+    every sequence CSF lies nearer white matter, by a factor within [0.3, 1] (well below 1 for
+    some sequence), and the brain's intensities spread less around their median."""
+    full = generate_realistic(SHAPE, seed=4)
+    low = generate_realistic(SHAPE, seed=4, variation=ScanVariation(contrast_floor=0.3))
+    assert np.array_equal(full.label, low.label)
+    csf = (full.anatomy.ventricles > 0.9) & (full.label == 0)
+    factors = []
+    for modality in MODALITIES:
+        inside = full.images[modality] > 0
+        assert np.array_equal(inside, low.images[modality] > 0)
+        factor = _contrast(low, modality, csf) / _contrast(full, modality, csf)
+        assert 0.25 <= factor <= 1.05, modality
+        factors.append(factor)
+        assert _relative_spread(low.images[modality][inside]) < _relative_spread(
+            full.images[modality][inside]
+        ), modality
+    assert min(factors) < 0.8
+
+
+def _relative_spread(values: np.ndarray) -> float:
+    median = np.median(values)
+    return float(np.median(np.abs(values - median)) / median)
