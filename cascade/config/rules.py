@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 from omegaconf import DictConfig
@@ -12,6 +13,7 @@ from omegaconf import DictConfig
 from cascade.config.suggestions import did_you_mean
 from cascade.cores import OMP_WAITING
 from cascade.data.labels import CLASS_NAMES, SCHEMES
+from cascade.synthesis.variation import ScanVariation
 
 # A rule says what is wrong with a value, or returns None.
 Rule = Callable[[Any], "str | None"]
@@ -203,12 +205,12 @@ RULES: dict[str, Rule] = {
     "postprocessing.min_enhancing_voxels": optional(at_least(0)),
 }
 
-# synthetic keys only the realistic generator draws: key, its off value, what it draws
-_REALISTIC_ONLY = (
-    ("thick_slices", 0.0, "slices"),
-    ("faint_patches", 0.0, "faint patches"),
-    ("contrast_floor", 1.0, "contrasts"),
-)
+# what each synthetic.* setting of ScanVariation draws, which only the realistic generator can
+_VARIATION_DRAWS = {
+    "thick_slices": "slices",
+    "faint_patches": "faint patches",
+    "contrast_floor": "contrasts",
+}
 
 
 def agreement_problem(cfg: DictConfig) -> str | None:
@@ -235,11 +237,11 @@ def agreement_problem(cfg: DictConfig) -> str | None:
     if cfg.data.generator is None:
         return "data.generate=true needs data.generator (phantom or realistic)"
     if cfg.data.generator != "realistic":
-        for key, default, drawn in _REALISTIC_ONLY:
-            if cfg.synthetic[key] != default:
+        for setting in fields(ScanVariation):  # each off at its default
+            if cfg.synthetic[setting.name] != setting.default:
                 return (
-                    f"synthetic.{key}={cfg.synthetic[key]} needs data=realistic: the "
-                    f"{cfg.data.generator} generator draws no {drawn}"
+                    f"synthetic.{setting.name}={cfg.synthetic[setting.name]} needs data=realistic: "
+                    f"the {cfg.data.generator} generator draws no {_VARIATION_DRAWS[setting.name]}"
                 )
     canvas, patch = list(cfg.synthetic.shape), list(cfg.data.stage2.patch_size)
     if any(size > room for size, room in zip(patch, canvas, strict=True)):

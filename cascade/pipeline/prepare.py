@@ -53,7 +53,9 @@ def generate_cases(data: DictConfig, synthetic: DictConfig | None) -> tuple[int,
         generator=data.generator,
         workers=synthetic.workers or available_cores(),
         variation=ScanVariation(
-            synthetic.thick_slices, synthetic.faint_patches, synthetic.contrast_floor
+            thick_slices=synthetic.thick_slices,
+            faint_patches=synthetic.faint_patches,
+            contrast_floor=synthetic.contrast_floor,
         ),
     )
     return sum(folder.name not in there for folder in folders), len(folders)

@@ -183,7 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.shape) < phantom.MIN_SIZE:
         parser.error(f"--shape sizes must be at least {phantom.MIN_SIZE}")
     try:
-        variation = ScanVariation(args.thick_slices, args.faint_patches, args.contrast_floor)
+        variation = ScanVariation(
+            thick_slices=args.thick_slices,
+            faint_patches=args.faint_patches,
+            contrast_floor=args.contrast_floor,
+        )
         folders = write_dataset(
             args.out,
             args.cases,
