@@ -117,9 +117,10 @@ def faint_hyperintensity(
     """With probability `chance`, patches of healthy grey and white matter 10-45 % brighter than
     white matter on FLAIR and T2 (fraction in `box`, means per sequence); else None.
 
-    A real brain's stray tumor sits on tissue this bright (the internal capsules, insulae and
-    deep grey matter of TCGA-FG-6692, read without its label), fainter than the white-matter
-    lesions above and as faint as the edge of edema: only context tells them apart."""
+    A model's stray tumor on a real brain sits on tissue this bright (the insulae, claustra and
+    the tissue along the lateral ventricles of TCGA-FG-6692, read without its label): fainter
+    than the white-matter lesions above, as faint as the edge of edema, so only context tells
+    them apart."""
     if chance <= 0.0 or rng.random() >= chance:
         return None
     means = {modality: float(rng.uniform(*r)) for modality, r in _FAINT_RANGES.items()}

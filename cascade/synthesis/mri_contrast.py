@@ -102,6 +102,7 @@ def render_sequences(
     # one child generator per kind of variation, spawned whether or not it is on
     slice_rng, faint_rng, contrast_rng = (rng.spawn(1)[0] for _ in range(3))
     faint = faint_hyperintensity(anatomy, box, faint_rng, mm, variation.faint_patches)
+    faint_fraction, faint_means = faint if faint is not None else (None, None)
     contrast = {
         m: np.float32(contrast_rng.uniform(variation.contrast_floor, 1.0)) for m in MODALITIES
     }
@@ -115,9 +116,8 @@ def render_sequences(
         for name, fraction in mimics.items():
             if modality in mimic_means[name]:
                 healthy += fraction * (mimic_means[name][modality] * texture - healthy)
-        if faint is not None:
-            fraction, faint_means = faint
-            healthy += fraction * (faint_means[modality] * texture - healthy)
+        if faint_fraction is not None:
+            healthy += faint_fraction * (faint_means[modality] * texture - healthy)
         tumor_free = 1.0 - fractions["edema"] - fractions["core"]
         edema = healthy + edema_strength * (mean["edema"] - healthy)
         values = tumor_free * healthy + fractions["edema"] * edema
