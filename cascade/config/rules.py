@@ -205,13 +205,6 @@ RULES: dict[str, Rule] = {
     "postprocessing.min_enhancing_voxels": optional(at_least(0)),
 }
 
-# what each synthetic.* setting of ScanVariation draws, which only the realistic generator can
-_VARIATION_DRAWS = {
-    "thick_slices": "slices",
-    "faint_patches": "faint patches",
-    "contrast_floor": "contrasts",
-}
-
 
 def agreement_problem(cfg: DictConfig) -> str | None:
     """Rules between keys."""
@@ -241,7 +234,7 @@ def agreement_problem(cfg: DictConfig) -> str | None:
             if cfg.synthetic[setting.name] != setting.default:
                 return (
                     f"synthetic.{setting.name}={cfg.synthetic[setting.name]} needs data=realistic: "
-                    f"the {cfg.data.generator} generator draws no {_VARIATION_DRAWS[setting.name]}"
+                    f"the {cfg.data.generator} generator draws no {setting.metadata['draws']}"
                 )
     canvas, patch = list(cfg.synthetic.shape), list(cfg.data.stage2.patch_size)
     if any(size > room for size, room in zip(patch, canvas, strict=True)):

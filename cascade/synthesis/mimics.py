@@ -104,9 +104,12 @@ def _surface_residue(
 
 # Faint hyperintensity of healthy tissue (`faint_hyperintensity`): mean intensity ranges relative
 # to white matter, the size of its patches and how deep they lie.
-# fmt: off
-_FAINT_RANGES = {"t1": (0.75, 0.95), "t1ce": (0.80, 1.00), "t2": (1.10, 1.45), "flair": (1.10, 1.45)}  # noqa: E501
-# fmt: on
+_FAINT_RANGES = {
+    "t1": (0.75, 0.95),
+    "t1ce": (0.80, 1.00),
+    "t2": (1.10, 1.45),
+    "flair": (1.10, 1.45),
+}
 _FAINT_CELL_MM = (6.0, 14.0)
 _FAINT_MIN_DEPTH_MM = 6.0
 

@@ -9,17 +9,18 @@ longer fits than the demo's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(frozen=True)
 class ScanVariation:
+    # Each field's metadata names what it draws, for messages that refuse it elsewhere.
     # probability of each sequence being acquired in 2.5-6 mm axial slices and resampled to 1 mm
-    thick_slices: float = 0.0
+    thick_slices: float = field(default=0.0, metadata={"draws": "slices"})
     # probability of a case having faint FLAIR- and T2-bright patches of healthy tissue
-    faint_patches: float = 0.0
+    faint_patches: float = field(default=0.0, metadata={"draws": "faint patches"})
     # each sequence's contrast shrunk towards white matter by a factor drawn from U(floor, 1)
-    contrast_floor: float = 1.0
+    contrast_floor: float = field(default=1.0, metadata={"draws": "contrasts"})
 
     def __post_init__(self) -> None:
         for name in ("thick_slices", "faint_patches"):
@@ -32,9 +33,9 @@ class ScanVariation:
     def changed(self) -> list[str]:
         """The names of the kinds switched on, as `name=value`."""
         return [
-            f"{field.name}={getattr(self, field.name)}"
-            for field in fields(self)
-            if getattr(self, field.name) != field.default
+            f"{setting.name}={getattr(self, setting.name)}"
+            for setting in fields(self)
+            if getattr(self, setting.name) != setting.default
         ]
 
 
