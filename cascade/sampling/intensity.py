@@ -52,13 +52,16 @@ class SlabIntensity(nn.Module):
             )
         # one group draws as many uniforms as before groups existed: seeded runs are unchanged
         draw = uniforms(9 + groups, batch, generator, image.device)
+        # each change is computed on its chosen slabs only: a power or a product over every voxel
+        # of the batch was most of this module's time, while most slabs stay as they are
+        image = image.clone()
         if self.log_gamma > 0:
             gamma_draws = torch.cat([draw[:1], draw[10:]]).T  # (B, groups)
             gamma = torch.exp(self.log_gamma * (2 * gamma_draws - 1))
-            chosen = draw[1].view(batch, 1) < self.probability
-            gamma = torch.where(chosen, gamma, 1.0)
             gamma = gamma.repeat_interleave(channels // groups, dim=1).view(batch, channels, 1, 1)
-            image = image.sign() * image.abs().pow(gamma)
+            chosen = (draw[1] < self.probability).nonzero()[:, 0]
+            picked = image[chosen]
+            image[chosen] = picked.sign() * picked.abs().pow(gamma[chosen])
         if self.bias_field_coefficient > 0:
             rows = torch.linspace(-1, 1, height, device=image.device).view(height, 1)
             columns = torch.linspace(-1, 1, width, device=image.device).view(1, width)
@@ -73,7 +76,8 @@ class SlabIntensity(nn.Module):
             log_field = torch.einsum("bt,thw->bhw", coefficients, monomials) + constant.view(
                 -1, 1, 1
             )
-            image = image * torch.exp(log_field)[:, None]
+            chosen = on[:, 0].nonzero()[:, 0]
+            image[chosen] = image[chosen] * torch.exp(log_field[chosen])[:, None]
         return image
 
     def extra_repr(self) -> str:

@@ -124,6 +124,17 @@ def test_slab_intensity_keeps_background_and_p_zero_is_identity() -> None:
     assert spread.min() >= np.exp(-0.3) - 1e-4 and spread.max() <= np.exp(0.3) + 1e-4
 
 
+def test_slab_intensity_changes_only_the_slabs_drawn_and_not_its_input() -> None:
+    image = torch.rand(64, 8, 10, 12) + 2.0
+    before = image.clone()
+    changed = SlabIntensity(0.3, 0.3, 0.3)(image, torch.Generator().manual_seed(0))
+    assert torch.equal(image, before)
+    untouched = (changed == image).flatten(1).all(1)
+    # each change picks a slab with chance 0.3: about half the slabs get neither
+    assert 16 < int(untouched.sum()) < 48
+    assert not (changed[~untouched] == image[~untouched]).flatten(1).any(1).any()
+
+
 def test_gamma_per_modality_changes_the_sequences_contrasts_apart() -> None:
     # a slab's channels: modality * 5 + slice; each modality's 5 slices share one exponent
     image = torch.rand(6, 20, 10, 12) + 2.0
