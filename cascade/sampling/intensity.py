@@ -7,6 +7,8 @@ z-score) stays 0.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -52,16 +54,15 @@ class SlabIntensity(nn.Module):
             )
         # one group draws as many uniforms as before groups existed: seeded runs are unchanged
         draw = uniforms(9 + groups, batch, generator, image.device)
-        # each change is computed on its chosen slabs only: a power or a product over every voxel
-        # of the batch was most of this module's time, while most slabs stay as they are
-        image = image.clone()
         if self.log_gamma > 0:
             gamma_draws = torch.cat([draw[:1], draw[10:]]).T  # (B, groups)
             gamma = torch.exp(self.log_gamma * (2 * gamma_draws - 1))
             gamma = gamma.repeat_interleave(channels // groups, dim=1).view(batch, channels, 1, 1)
-            chosen = (draw[1] < self.probability).nonzero()[:, 0]
-            picked = image[chosen]
-            image[chosen] = picked.sign() * picked.abs().pow(gamma[chosen])
+            image = changed_rows(
+                image,
+                draw[1] < self.probability,
+                lambda slabs, rows: slabs.sign() * slabs.abs().pow(gamma[rows]),
+            )
         if self.bias_field_coefficient > 0:
             rows = torch.linspace(-1, 1, height, device=image.device).view(height, 1)
             columns = torch.linspace(-1, 1, width, device=image.device).view(1, width)
@@ -76,8 +77,8 @@ class SlabIntensity(nn.Module):
             log_field = torch.einsum("bt,thw->bhw", coefficients, monomials) + constant.view(
                 -1, 1, 1
             )
-            chosen = on[:, 0].nonzero()[:, 0]
-            image[chosen] = image[chosen] * torch.exp(log_field[chosen])[:, None]
+            field = torch.exp(log_field)[:, None]
+            image = changed_rows(image, on[:, 0], lambda slabs, rows: slabs * field[rows])
         return image
 
     def extra_repr(self) -> str:
@@ -86,3 +87,25 @@ class SlabIntensity(nn.Module):
             f"bias_field_coefficient={self.bias_field_coefficient}, "
             f"gamma_groups={self.gamma_groups}"
         )
+
+
+def changed_rows(
+    image: Tensor,
+    chosen: Tensor,
+    change: Callable[[Tensor, Tensor | slice], Tensor],
+    only_chosen: bool | None = None,
+) -> Tensor:
+    """A copy of `image` (B, ...) with `change(slabs, rows)` in the slabs where `chosen` (B,) is
+    True, the others as they are. `only_chosen` (default: on a CPU) computes the chosen slabs
+    alone, where the change over the whole batch would take most of the time; on an accelerator
+    the whole batch is changed and then selected, because counting the chosen slabs would make
+    the host wait for the device."""
+    if only_chosen is None:
+        only_chosen = image.device.type == "cpu"
+    if only_chosen:
+        rows = chosen.nonzero()[:, 0]
+        result = image.clone()
+        result[rows] = change(image[rows], rows)
+        return result
+    selected = chosen.view(-1, *([1] * (image.ndim - 1)))
+    return torch.where(selected, change(image, slice(None)), image)

@@ -10,7 +10,7 @@ import torch
 
 import cascade.sampling.stage1 as stage1
 from cascade.data.slabs import slab_channels
-from cascade.sampling.intensity import SlabIntensity
+from cascade.sampling.intensity import SlabIntensity, changed_rows
 from cascade.sampling.pool import CasePool
 from cascade.sampling.slabs import TUMOR_GROUP, SlabDraws
 from cascade.sampling.stage1 import Stage1DataModule
@@ -133,6 +133,24 @@ def test_slab_intensity_changes_only_the_slabs_drawn_and_not_its_input() -> None
     # each change picks a slab with chance 0.3: about half the slabs get neither
     assert 16 < int(untouched.sum()) < 48
     assert not (changed[~untouched] == image[~untouched]).flatten(1).any(1).any()
+
+
+def test_changed_rows_computes_the_chosen_slabs_alone_or_the_batch_alike() -> None:
+    image = torch.rand(6, 3, 4, 5)
+    chosen = torch.tensor([True, False, False, True, False, True])
+    calls = []
+
+    def double(slabs: torch.Tensor, rows) -> torch.Tensor:
+        calls.append(slabs.shape[0])
+        return slabs * 2
+
+    alone = changed_rows(image, chosen, double, only_chosen=True)
+    whole = changed_rows(image, chosen, double, only_chosen=False)
+    assert calls == [3, 6]
+    assert torch.equal(alone, whole)
+    assert torch.equal(alone[chosen], image[chosen] * 2) and torch.equal(
+        alone[~chosen], image[~chosen]
+    )
 
 
 def test_gamma_per_modality_changes_the_sequences_contrasts_apart() -> None:
