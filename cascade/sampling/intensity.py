@@ -61,7 +61,7 @@ class SlabIntensity(nn.Module):
             image = changed_rows(
                 image,
                 draw[1] < self.probability,
-                lambda slabs, rows: slabs.sign() * slabs.abs().pow(gamma[rows]),
+                lambda slabs, index: slabs.sign() * slabs.abs().pow(gamma[index]),
             )
         if self.bias_field_coefficient > 0:
             rows = torch.linspace(-1, 1, height, device=image.device).view(height, 1)
@@ -78,7 +78,7 @@ class SlabIntensity(nn.Module):
                 -1, 1, 1
             )
             field = torch.exp(log_field)[:, None]
-            image = changed_rows(image, on[:, 0], lambda slabs, rows: slabs * field[rows])
+            image = changed_rows(image, on[:, 0], lambda slabs, index: slabs * field[index])
         return image
 
     def extra_repr(self) -> str:
@@ -95,17 +95,17 @@ def changed_rows(
     change: Callable[[Tensor, Tensor | slice], Tensor],
     only_chosen: bool | None = None,
 ) -> Tensor:
-    """A copy of `image` (B, ...) with `change(slabs, rows)` in the slabs where `chosen` (B,) is
-    True, the others as they are. `only_chosen` (default: on a CPU) computes the chosen slabs
-    alone, where the change over the whole batch would take most of the time; on an accelerator
-    the whole batch is changed and then selected, because counting the chosen slabs would make
-    the host wait for the device."""
+    """A copy of `image` (B, ...) with `change(slabs, index)` in the slabs where `chosen` (B,) is
+    True (`index`: their positions in the batch), the others as they are. `only_chosen` (default:
+    on a CPU) computes the chosen slabs alone, where the change over the whole batch would take
+    most of the time; on an accelerator the whole batch is changed and then selected, because
+    counting the chosen slabs would make the host wait for the device."""
     if only_chosen is None:
         only_chosen = image.device.type == "cpu"
     if only_chosen:
-        rows = chosen.nonzero()[:, 0]
+        index = chosen.nonzero()[:, 0]
         result = image.clone()
-        result[rows] = change(image[rows], rows)
+        result[index] = change(image[index], index)
         return result
     selected = chosen.view(-1, *([1] * (image.ndim - 1)))
     return torch.where(selected, change(image, slice(None)), image)
