@@ -140,7 +140,7 @@ def test_changed_rows_computes_the_chosen_slabs_alone_or_the_batch_alike() -> No
     chosen = torch.tensor([True, False, False, True, False, True])
     calls = []
 
-    def double(slabs: torch.Tensor, rows) -> torch.Tensor:
+    def double(slabs: torch.Tensor, index) -> torch.Tensor:
         calls.append(slabs.shape[0])
         return slabs * 2
 
