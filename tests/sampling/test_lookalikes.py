@@ -42,7 +42,7 @@ def _pool() -> CasePool:
 
 def test_dilate_grows_a_mask_by_a_cube_as_scipy_does() -> None:
     mask = np.random.default_rng(0).random(SHAPE) > 0.97
-    for radius in (0, 1, 3):
+    for radius in (0, 1, 3, 10):  # 10: the cube is wider than the volume
         cube = np.ones((2 * radius + 1,) * 3, bool)
         expected = ndimage.binary_dilation(mask, cube) if radius else mask
         np.testing.assert_array_equal(dilate(torch.from_numpy(mask), radius).numpy(), expected)
