@@ -266,8 +266,8 @@ def test_speed_and_logging_settings_retrain_nothing(smoke_run, tmp_path) -> None
     result = train(
         *TINY, f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}", "logger=none",
         "data.stage2.num_workers=1", "trainer.log_every_n_steps=3",
-        "model.inference.tta=true", "model.inference.window_batch_size=1",
-        "~callbacks.epoch_progress",
+        "trainer.num_sanity_val_steps=2", "model.inference.tta=true",
+        "model.inference.window_batch_size=1", "~callbacks.epoch_progress",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr

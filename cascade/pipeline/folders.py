@@ -23,7 +23,9 @@ from cascade.ranks import is_global_zero
 
 # Settings that change speed or logging, never the weights: left out of the stage hashes.
 _NOT_SHAPING_LOADER = ("num_workers",)
-_NOT_SHAPING_TRAINER = ("log_every_n_steps", "benchmark", "enable_progress_bar")
+_NOT_SHAPING_TRAINER = (
+    "log_every_n_steps", "benchmark", "enable_progress_bar", "num_sanity_val_steps",
+)  # fmt: skip
 # a memory format or compilation changes which kernels run, not what they compute
 _NOT_SHAPING_STAGE1_MODULE = ("channels_last",)
 _NOT_SHAPING_STAGE2_MODULE = ("window_batch_size", "compile", "channels_last")
