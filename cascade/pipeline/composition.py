@@ -83,8 +83,9 @@ def _resume_path(checkpoint: ModelCheckpoint | None) -> str | None:
 
 
 def _best_state(module: L.LightningModule, checkpoint: ModelCheckpoint | None) -> None:
-    """The best checkpoint's weights (our own file: full load); without a checkpoint callback,
-    or one that monitors nothing, the last epoch's weights stay."""
+    """The best checkpoint's weights; without a checkpoint callback, or one that monitors
+    nothing, the last epoch's weights stay. Read weights-only: a cache folder can come from
+    elsewhere, and nothing in it may run code."""
     if checkpoint is not None and checkpoint.best_model_path:
-        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 
-from cascade.pipeline.composition import build, build_trainer
+from cascade.pipeline.composition import _best_state, build, build_trainer
 from cascade.pipeline.folders import stage1_folder, stage2_folder
 from tests.pipeline.configs import smoke_config
 
@@ -92,3 +96,20 @@ def test_weight_averaging_is_one_config_choice_that_shapes_the_weights(tmp_path)
     assert len(_callbacks_of(trainer, ModelCheckpoint)) == 1
     ids = (["a", "b"], ["c"], "identity")
     assert stage1_folder(cfg, *ids) != stage1_folder(smoke_config(), *ids)
+
+
+class _RunsCode:
+    """Unpickling it would call os.system: a cached checkpoint must never get that far."""
+
+    def __reduce__(self):
+        return (os.system, ("touch ran",))
+
+
+def test_the_best_checkpoint_is_read_without_running_code(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "best.ckpt"
+    torch.save({"state_dict": {}, "extra": _RunsCode()}, path)
+    module = torch.nn.Linear(2, 2)
+    with pytest.raises(pickle.UnpicklingError):
+        _best_state(module, SimpleNamespace(best_model_path=str(path)))
+    assert not (tmp_path / "ran").exists()
