@@ -71,7 +71,9 @@ def build_loss(cfg: DictConfig, scheme: LabelScheme) -> nn.Module:
 def fit_keeping_best(trainer: L.Trainer, module: L.LightningModule, datamodule) -> None:
     """Fit, resuming from the checkpoint callback's last.ckpt when an earlier fit was
     interrupted, then load the best validation checkpoint's weights into `module`."""
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(trainer.checkpoint_callback))
+    resume = _resume_path(trainer.checkpoint_callback)
+    # weights-only, as every checkpoint read here: a cache folder can come from elsewhere
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     _best_state(module, trainer.checkpoint_callback)
 
 
