@@ -32,6 +32,49 @@ def test_norm_layer_kinds() -> None:
         norm_layer("layer", 4, 2)
 
 
+@pytest.mark.parametrize(
+    ("dims", "layout"), [(2, torch.channels_last), (3, torch.channels_last_3d)]
+)
+def test_instance_norm_keeps_a_channels_last_layout_and_its_result(dims, layout) -> None:
+    torch.manual_seed(0)
+    norm = norm_layer("instance", 8, dims)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    x = torch.randn(3, 8, *([10] * dims)) * 4 + 2
+    # the layer torch ships, with the same weights: the one earlier checkpoints were trained with
+    reference = (nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d)(8, affine=True)
+    reference.load_state_dict(norm.state_dict())
+    expected = reference(x)
+    assert torch.equal(norm(x), expected)  # contiguous: the very same kernel
+    with torch.no_grad():  # prediction
+        out = norm(x.contiguous(memory_format=layout))
+    assert out.is_contiguous(memory_format=layout) and not out.is_contiguous()
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    # training: the layout kept, gradients as torch's layer gives them
+    x_last = x.contiguous(memory_format=layout).requires_grad_(True)
+    x_plain = x.clone().requires_grad_(True)
+    upstream = torch.randn_like(x)
+    out = norm(x_last)
+    assert out.is_contiguous(memory_format=layout) and not out.is_contiguous()
+    out.backward(upstream.contiguous(memory_format=layout))
+    reference(x_plain).backward(upstream)
+    torch.testing.assert_close(x_last.grad, x_plain.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(norm.weight.grad, reference.weight.grad, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(norm.bias.grad, reference.bias.grad, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("dims", "layout"), [(2, torch.channels_last), (3, torch.channels_last_3d)]
+)
+def test_instance_norm_trains_behind_a_frozen_input(dims, layout) -> None:
+    # a channels-last input that needs no gradient, weights that do: torch's group_norm
+    # backward crashes the process here, so the layer must take another kernel
+    norm = norm_layer("instance", 4, dims)
+    x = torch.randn(2, 4, *([6] * dims)).contiguous(memory_format=layout)
+    norm(x).sum().backward()
+    assert norm.weight.grad is not None and norm.bias.grad is not None
+
+
 def test_activation_layer_kinds() -> None:
     leaky = activation_layer("leaky_relu")
     assert isinstance(leaky, nn.LeakyReLU) and leaky.negative_slope == 0.01
