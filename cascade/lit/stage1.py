@@ -29,6 +29,8 @@ class Stage1Module(L.LightningModule):
     run's total optimizer steps (positionally, e.g. CosineAnnealingLR(optimizer, T_max)); it is
     stepped every optimizer step. Batches: {"image": (B, 4k, H, W), "label": (B, H, W)}.
     `channels_last` trains the net in channels-last memory format (faster on a CPU).
+    `cpu_bf16` validates on a CPU in bf16 where it computes that natively, as the priors and
+    the predictor run there (cascade.inference.precision); the training steps stay as they are.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class Stage1Module(L.LightningModule):
         plane_size: Sequence[int] | None = None,
         slab_batch_size: int = 32,
         channels_last: bool = False,
+        cpu_bf16: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
@@ -56,6 +59,7 @@ class Stage1Module(L.LightningModule):
         self.plane_size = None if plane_size is None else tuple(plane_size)
         self.slab_batch_size = slab_batch_size
         self.channels_last = channels_last
+        self.cpu_bf16 = cpu_bf16
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
 
@@ -86,6 +90,7 @@ class Stage1Module(L.LightningModule):
             device=self.device,
             fp16=False,  # under 16-mixed Lightning's autocast is already on
             plane_size=self.plane_size,
+            cpu_bf16=self.cpu_bf16,
         )
         loss = self.loss(prior[None], batch["label"])
         self.val_dice.update(prior.argmax(0)[None], batch["label"])

@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 
 from cascade.data.cases import MODALITIES
 from cascade.inference.cascade import roi_probabilities
+from cascade.inference.precision import autocast_dtype
 from cascade.lit.optim import optimizer_with_schedule
 from cascade.metrics import DEFAULT_REGIONS, RegionDice
 from cascade.nn.residual_mix import LearnableResidualMix
@@ -38,6 +39,8 @@ class Stage2Module(L.LightningModule):
     tumor box grown by `roi_margin`, the prior elsewhere;
     `channels_last` runs the net in channels_last_3d memory format; `compile` compiles it with
     torch.compile (in place: parameter names and checkpoints stay those of the plain net).
+    `cpu_bf16` validates on a CPU in bf16 where it computes that natively, as the predictor
+    runs there (cascade.inference.precision); the training steps stay as they are.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class Stage2Module(L.LightningModule):
         roi_margin: int = 8,
         channels_last: bool = False,
         compile: bool = False,
+        cpu_bf16: bool = False,
         regions: Mapping[str, tuple[int, ...]] = DEFAULT_REGIONS,
     ) -> None:
         super().__init__()
@@ -73,6 +77,7 @@ class Stage2Module(L.LightningModule):
         self.own_loss_weight = own_loss_weight
         self.roi_margin = roi_margin
         self.channels_last = channels_last
+        self.cpu_bf16 = cpu_bf16
         if channels_last:
             self.net.to(memory_format=torch.channels_last_3d)
         if compile:
@@ -113,16 +118,19 @@ class Stage2Module(L.LightningModule):
         return self(patches[:, :modalities], patches[:, modalities:])
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        # None on a GPU, where a 16-mixed run's autocast is already on
+        dtype = autocast_dtype(self.device, fp16=False, cpu_bf16=self.cpu_bf16)
         for image, prior, label in zip(batch["image"], batch["prior"], batch["label"], strict=True):
-            probabilities = roi_probabilities(
-                self._predict_patches,
-                image,
-                prior.to(image.dtype),
-                patch_size=self.patch_size,
-                overlap=self.overlap,
-                batch_size=self.window_batch_size,
-                roi_margin=self.roi_margin,
-            )
+            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+                probabilities = roi_probabilities(
+                    self._predict_patches,
+                    image,
+                    prior.to(image.dtype),
+                    patch_size=self.patch_size,
+                    overlap=self.overlap,
+                    batch_size=self.window_batch_size,
+                    roi_margin=self.roi_margin,
+                )
             self.val_loss(self.loss(probabilities[None], label[None]))
             self.val_dice.update(probabilities.argmax(0)[None], label[None])
 
