@@ -111,7 +111,7 @@ def test_a_run_without_a_terminal_says_everything_once(smoke_run) -> None:
             assert text.count(f"phase {phase}: ") == 1, phase
         for epoch in ("stage1 epoch 1/1: ", "stage2 epoch 1/2: ", "stage2 epoch 2/2: "):
             assert text.count(epoch) == 1, epoch
-    assert "val Dice wt " in console.split("stage2 epoch 2/2: ")[1].splitlines()[0]
+    assert "raw val Dice wt " in console.split("stage2 epoch 2/2: ")[1].splitlines()[0]
     assert not re.search(r"^INFO: ", console, re.MULTILINE)  # Lightning's own console handler
 
 

@@ -41,12 +41,15 @@ class TrainingSamples(L.Callback):
 class EpochProgress(L.Callback):
     """One log line per training epoch, after its validation::
 
-        stage1 epoch 3/30: train loss 0.4127, val Dice wt 0.812 tc 0.705 et 0.651 mean 0.723,
-        181 samples/s, elapsed 0:04:12, remaining 1:48:50
+        stage1 epoch 3/30: train loss 0.4127, raw val Dice wt 0.812 tc 0.705 et 0.651
+        mean 0.723, 181 samples/s, elapsed 0:04:12, remaining 1:48:50
 
-    (one line in the log). Where stdout is not a terminal (nohup, SLURM, CI, a redirect) the
-    progress bar is turned off, since there it prints only its last frame; in a terminal it stays
-    and the line appears above it.
+    (one line in the log). The validation Dice is the networks' own output, before the
+    post-processing stored with the model (largest component, small enhancing tumor removed),
+    so it can read well below the run's final evaluation: a stray enhancing voxel in a case
+    without enhancing tumor scores that case's ET 0. Where stdout is not a terminal (nohup,
+    SLURM, CI, a redirect) the progress bar is turned off, since there it prints only its last
+    frame; in a terminal it stays and the line appears above it.
 
     Args:
         stage: the metrics' prefix, ``stage1`` or ``stage2`` (``${fit.stage}`` in conf/).
@@ -101,7 +104,8 @@ class EpochProgress(L.Callback):
         prefix = f"{self.stage}/val_dice_"
         dice = {k[len(prefix) :]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
         if self._validated and dice:
-            details.append("val Dice " + " ".join(f"{name} {v:.3f}" for name, v in dice.items()))
+            scores = " ".join(f"{name} {value:.3f}" for name, value in dice.items())
+            details.append(f"raw val Dice {scores}")
         train_seconds = self._train_end - self._epoch_start
         if train_seconds > 0:
             details.append(f"{_rate(self._samples / train_seconds)} samples/s")

@@ -53,7 +53,7 @@ def test_one_line_per_epoch_with_dice_where_validated(caplog) -> None:
     number = r"\d+(\.\d+)?"
     clock = r"\d+:\d\d:\d\d"
     for epoch, line in enumerate(lines, start=1):
-        dice = " val Dice wt 0.500 tc 0.250 mean 0.375," if epoch == 2 else ""
+        dice = " raw val Dice wt 0.500 tc 0.250 mean 0.375," if epoch == 2 else ""
         assert re.fullmatch(
             rf"stage1 epoch {epoch}/3: train loss {number},{dice} {number} samples/s, "
             rf"elapsed {clock}, remaining {clock}",
