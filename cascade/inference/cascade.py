@@ -29,7 +29,7 @@ from cascade.data.preprocess import CaseMeta, Preprocessor, preprocess_case
 from cascade.data.transforms import uncrop
 from cascade.inference.multiview import predict_prior
 from cascade.inference.postprocess import ClassMap, keep_largest_tumor, suppress_small_enhancing
-from cascade.inference.precision import autocast_dtype
+from cascade.inference.precision import autocast_dtype, autocast_to
 from cascade.inference.sliding import evaluated_region, sliding_window_predict
 from cascade.nn.members import CascadeNets
 
@@ -53,7 +53,7 @@ def mirrored_softmax(
     total = None
     for axes in mirrorings:
         flipped = windows.flip(axes) if axes else windows
-        with torch.autocast(windows.device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast_to(windows.device.type, dtype):
             logits = net(flipped)
         softmax = torch.softmax(logits.float(), dim=1)
         softmax = softmax.flip(axes) if axes else softmax

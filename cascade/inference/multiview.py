@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from cascade.data.cache import quantise_prior
 from cascade.data.slabs import slab_channels, view_axis
-from cascade.inference.precision import autocast_dtype
+from cascade.inference.precision import autocast_dtype, autocast_to
 
 # Flips of a (4, H, W, S) slab volume's two in-plane axes: none, H, W, both.
 IN_PLANE_MIRRORINGS: tuple[tuple[int, ...], ...] = ((), (1,), (2,), (1, 2))
@@ -100,7 +100,7 @@ def _slice_softmax(
             # every pass the same shape: with cudnn.benchmark each new shape (the last batch
             # of every view and case) would be autotuned anew, costing more than the pass
             batch = F.pad(batch, (0, 0, 0, 0, 0, 0, 0, batch_size - (stop - start)))
-        with torch.autocast(volume.device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast_to(volume.device.type, dtype):
             logits = net(batch)[: stop - start]
         batch_probabilities = torch.softmax(logits.float(), dim=1)  # (b, K, H, W)
         if probabilities is None:

@@ -8,6 +8,8 @@ accuracy guard of the bench. Elsewhere bf16 would be emulated and slower, so the
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 
 
@@ -27,3 +29,12 @@ def autocast_dtype(device: torch.device | str, fp16: bool, cpu_bf16: bool) -> to
     if kind == "cpu" and cpu_bf16 and cpu_computes_bf16():
         return torch.bfloat16
     return None
+
+
+def autocast_to(device_type: str, dtype: torch.dtype | None) -> AbstractContextManager:
+    """Autocast to `dtype` on `device_type`; None leaves the precision as it is. (An autocast
+    with enabled=False would switch off one already on: Lightning's, in a 16-mixed fit's
+    validation.)"""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type, dtype=dtype)

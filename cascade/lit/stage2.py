@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric
 
 from cascade.data.cases import MODALITIES
 from cascade.inference.cascade import roi_probabilities
-from cascade.inference.precision import autocast_dtype
+from cascade.inference.precision import autocast_dtype, autocast_to
 from cascade.lit.optim import optimizer_with_schedule
 from cascade.metrics import DEFAULT_REGIONS, RegionDice
 from cascade.nn.residual_mix import LearnableResidualMix
@@ -121,7 +121,7 @@ class Stage2Module(L.LightningModule):
         # None on a GPU, where a 16-mixed run's autocast is already on
         dtype = autocast_dtype(self.device, fp16=False, cpu_bf16=self.cpu_bf16)
         for image, prior, label in zip(batch["image"], batch["prior"], batch["label"], strict=True):
-            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            with autocast_to(self.device.type, dtype):
                 probabilities = roi_probabilities(
                     self._predict_patches,
                     image,

@@ -86,3 +86,22 @@ def test_stage2_validates_in_the_predictors_precision(cpu_bf16, expected) -> Non
     }
     module.training_step(batch, 0).backward()
     assert module.net.seen == [None]
+
+
+def test_validation_keeps_an_autocast_already_on() -> None:
+    # a 16-mixed fit on a GPU: Lightning's autocast is on around validation, and a module that
+    # asks for no precision of its own must leave it on (bf16 on the CPU stands in for it)
+    stage1 = _stage1(cpu_bf16=False)
+    case = {"image": torch.randn(1, 4, 12, 12, 6), "label": torch.randint(0, 4, (1, 12, 12, 6))}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stage1.validation_step(case, 0)
+    assert stage1.net.seen and set(stage1.net.seen) == {torch.bfloat16}
+    stage2 = tiny_stage2(cpu_bf16=False)
+    stage2.net = _AutocastSpy(stage2.net)
+    stage2.log = lambda *args, **kwargs: None
+    prior = torch.zeros(1, 4, 12, 12, 12)
+    prior[:, 2] = 1.0
+    batch = {"image": torch.randn(1, 4, 12, 12, 12), "prior": prior, "label": prior.argmax(1)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stage2.validation_step(batch, 0)
+    assert stage2.net.seen and set(stage2.net.seen) == {torch.bfloat16}
