@@ -39,12 +39,10 @@ def norm_layer(kind: str, channels: int, dims: int) -> nn.Module:
     raise ValueError(f"blocks: unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
 
 
-def _channels_last_layout(x: Tensor) -> torch.memory_format | None:
-    """The channels-last layout (B, C, *spatial) is stored in, None if another (or contiguous)."""
+def _is_channels_last(x: Tensor) -> bool:
+    """Whether (B, C, *spatial) is stored channels-last (and is not also contiguous)."""
     layout = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
-    if layout is None or x.is_contiguous() or not x.is_contiguous(memory_format=layout):
-        return None
-    return layout
+    return layout is not None and not x.is_contiguous() and x.is_contiguous(memory_format=layout)
 
 
 class _KeepsLayout:
@@ -56,12 +54,11 @@ class _KeepsLayout:
     instance_norm as before."""
 
     def forward(self, input: Tensor) -> Tensor:
-        if _channels_last_layout(input) is None or not self.affine or self.track_running_stats:
+        if not _is_channels_last(input) or not self.affine or self.track_running_stats:
             return super().forward(input)
         # torch's CPU group_norm backward crashes (segfault, torch 2.13) on a channels-last
-        # input that needs no gradient while the weights do: a frozen layer in front
-        weights_need_grad = torch.is_grad_enabled() and self.weight.requires_grad
-        if weights_need_grad and not input.requires_grad:
+        # input that needs no gradient while the affine does: a frozen layer in front
+        if torch.is_grad_enabled() and not input.requires_grad:
             return super().forward(input)
         return F.group_norm(input, self.num_features, self.weight, self.bias, self.eps)
 

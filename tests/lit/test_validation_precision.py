@@ -76,8 +76,6 @@ def test_stage2_validates_in_the_predictors_precision(cpu_bf16, expected) -> Non
         {"image": torch.randn(1, 4, 12, 12, 12), "prior": prior, "label": label}, 0
     )
     assert module.net.seen and set(module.net.seen) == {expected}
-    dice = module.val_dice.compute()
-    assert 0.0 <= float(dice["mean"]) <= 1.0
     module.net.seen.clear()
     batch = {
         "image": torch.randn(2, 4, 8, 8, 8),

@@ -66,13 +66,17 @@ def test_instance_norm_keeps_a_channels_last_layout_and_its_result(dims, layout)
 @pytest.mark.parametrize(
     ("dims", "layout"), [(2, torch.channels_last), (3, torch.channels_last_3d)]
 )
-def test_instance_norm_trains_behind_a_frozen_input(dims, layout) -> None:
-    # a channels-last input that needs no gradient, weights that do: torch's group_norm
-    # backward crashes the process here, so the layer must take another kernel
+@pytest.mark.parametrize("frozen_weight", [False, True])
+def test_instance_norm_trains_behind_a_frozen_input(dims, layout, frozen_weight) -> None:
+    # a channels-last input that needs no gradient, an affine that does (its scale too, or its
+    # shift alone): torch's group_norm backward crashes the process here, so the layer must
+    # take another kernel
     norm = norm_layer("instance", 4, dims)
+    norm.weight.requires_grad_(not frozen_weight)
     x = torch.randn(2, 4, *([6] * dims)).contiguous(memory_format=layout)
     norm(x).sum().backward()
-    assert norm.weight.grad is not None and norm.bias.grad is not None
+    assert norm.bias.grad is not None
+    assert (norm.weight.grad is None) == frozen_weight
 
 
 def test_activation_layer_kinds() -> None:
